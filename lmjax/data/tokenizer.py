@@ -1,0 +1,97 @@
+"""sentencepiece tokenizers trained by lmjax on the training split.
+
+Special ids are fixed so that models and data agree without a lookup:
+  0 [PAD]   1 [UNK]   2 [CLS]   3 [SEP]   4 [MASK]
+The trained model is cached (by corpus, vocabulary size and seed) and copied
+into the run's workdir as `tokenizer.model`; a resumed run uses the workdir's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from lmjax.errors import LmjaxError
+
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+NUM_SPECIAL = 5
+
+
+@dataclasses.dataclass
+class Tokenizer:
+  sp: spm.SentencePieceProcessor
+  path: Path
+
+  @classmethod
+  def load(cls, path: Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+      raise LmjaxError(f"Tokenizer file {path} not found.")
+    sp = spm.SentencePieceProcessor()
+    try:
+      sp.Load(str(path))
+    except (OSError, RuntimeError) as e:
+      raise LmjaxError(f"{path} is not a sentencepiece model ({e}).") from None
+    pieces = [sp.IdToPiece(i) for i in range(NUM_SPECIAL)]
+    if pieces != ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]:
+      raise LmjaxError(f"{path} does not have lmjax's special tokens at ids 0-4 (found {pieces}).")
+    return cls(sp, path)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.sp.GetPieceSize()
+
+  def encode(self, texts: list[str]) -> list[list[int]]:
+    return self.sp.Encode(texts, out_type=int, num_threads=2)
+
+  def decode(self, ids) -> str:
+    return self.sp.Decode([int(i) for i in ids])
+
+
+def train(sentences: list[str], vocab_size: int, out_path: Path, *, seed: int, max_sentences: int) -> Tokenizer:
+  """Trains a unigram sentencepiece model on `sentences` (sampled if too many)."""
+  if vocab_size <= NUM_SPECIAL + 1:
+    raise LmjaxError(f"model.vocab_size={vocab_size} is too small for a tokenizer; use at least a few hundred.")
+  if max_sentences and len(sentences) > max_sentences:
+    rng = np.random.default_rng(seed)
+    sentences = [sentences[i] for i in sorted(rng.choice(len(sentences), max_sentences, replace=False))]
+  print(f"lmjax: training a sentencepiece tokenizer (vocabulary {vocab_size}) on {len(sentences):,} sentences",
+        file=sys.stderr, flush=True)
+  spm.set_random_generator_seed(seed)
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.Train(
+      sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+      pad_id=PAD, unk_id=UNK, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
+      user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
+      # A small corpus may not support the requested size: take what it has.
+      hard_vocab_limit=False, character_coverage=0.9995, num_threads=2,
+      max_sentence_length=1 << 14, minloglevel=2)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out_path.with_suffix(".tmp")
+  tmp.write_bytes(model.getvalue())
+  tmp.replace(out_path)
+  return Tokenizer.load(out_path)
+
+
+def for_run(workdir: Path, cache_path: Path, sentences_fn, vocab_size: int, *, seed: int,
+            max_sentences: int) -> Tokenizer:
+  """The run's tokenizer: the workdir's if present, else cached or trained."""
+  run_path = workdir / "tokenizer.model"
+  if run_path.exists():
+    tok = Tokenizer.load(run_path)
+  else:
+    if not cache_path.exists():
+      train(sentences_fn(), vocab_size, cache_path, seed=seed, max_sentences=max_sentences)
+    shutil.copyfile(cache_path, run_path)
+    tok = Tokenizer.load(run_path)
+  if tok.vocab_size > vocab_size:
+    raise LmjaxError(
+        f"The tokenizer in {run_path} has {tok.vocab_size} pieces but model.vocab_size is {vocab_size}. "
+        f"Set --set model.vocab_size={tok.vocab_size} (or larger), or use a fresh --workdir.")
+  return tok

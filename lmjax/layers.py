@@ -1,0 +1,157 @@
+"""Shared Transformer blocks (Flax NNX).
+
+Axis legend, used in einsum strings and name suffixes throughout lmjax:
+  B batch   T query length   S key length   D model width   N heads
+  K kv heads   H head width   F MLP width   V vocabulary   P predicted positions
+
+Every parameter is created with its logical axis names (`out_sharding=` metadata);
+`lmjax.sharding` maps those names onto the device mesh. Activations are
+constrained only at block boundaries, through `shard`.
+
+Dropout takes an explicit PRNG key (None = deterministic), so modules hold no
+RNG state and a train step is a pure function of (params, batch, key).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmjax import sharding as sh
+
+Array = jax.Array
+
+# Logical names of activations at block boundaries.
+ACT_BTD = ("batch", "seq", "act_embed")
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
+  """A float32 parameter carrying its logical axis names."""
+  assert len(shape) == len(axes), (shape, axes)
+  # eager_sharding=False: models can be built without a mesh; shardings are
+  # applied by the trainer's jitted init (see lmjax.sharding).
+  return nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=axes, eager_sharding=False)
+
+
+def normal(stddev: float):
+  return nnx.initializers.normal(stddev)
+
+
+zeros = nnx.initializers.zeros_init()
+ones = nnx.initializers.ones_init()
+
+
+def shard(x: Array, axes: tuple[str | None, ...]) -> Array:
+  """Constrains an activation to the logical axes under the active rules."""
+  return sh.constrain(x, axes)
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def split_rng(rng: Array | None, n: int) -> list[Array | None]:
+  if rng is None:
+    return [None] * n
+  return list(jax.random.split(rng, n))
+
+
+class Embed(nnx.Module):
+  """A lookup table [num, D]; `attend` projects back onto it (tied output)."""
+
+  def __init__(self, num: int, dim: int, axes: tuple[str, str], *, init_std: float, rngs: nnx.Rngs):
+    self.num = num
+    self.embedding = param(rngs, normal(init_std), (num, dim), axes)
+
+  def __call__(self, ids: Array, dtype) -> Array:
+    return jnp.take(self.embedding[...].astype(dtype), ids, axis=0)
+
+  def attend(self, x_bpd: Array) -> Array:
+    return jnp.einsum("...D,VD->...V", x_bpd, self.embedding[...].astype(x_bpd.dtype))
+
+
+class Dense(nnx.Module):
+  """x @ W + b for a [in, out] kernel with logical axes."""
+
+  def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, init_std: float,
+               use_bias: bool = True, rngs: nnx.Rngs):
+    self.kernel = param(rngs, normal(init_std), (d_in, d_out), axes)
+    self.bias = param(rngs, zeros, (d_out,), (axes[1],)) if use_bias else None
+
+  def __call__(self, x: Array) -> Array:
+    y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(x.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm computed in float32, returned in the input dtype."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = param(rngs, ones, (dim,), ("norm",))
+    self.bias = param(rngs, zeros, (dim,), ("norm",))
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with an additive mask; softmax in float32."""
+
+  def __init__(self, dim: int, num_heads: int, *, init_std: float, dropout_rate: float, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+    self.num_heads = num_heads
+    self.head_dim = dim // num_heads
+    n, h = num_heads, self.head_dim
+    init = normal(init_std)
+    self.q_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
+    self.k_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
+    self.v_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
+    self.q_bias = param(rngs, zeros, (n, h), ("heads", "kv"))
+    self.k_bias = param(rngs, zeros, (n, h), ("heads", "kv"))
+    self.v_bias = param(rngs, zeros, (n, h), ("heads", "kv"))
+    self.out_nhd = param(rngs, init, (n, h, dim), ("heads", "kv", "embed"))
+    self.out_bias = param(rngs, zeros, (dim,), ("norm",))
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x_btd: Array, bias_b1ts: Array, rng: Array | None) -> Array:
+    dt = x_btd.dtype
+    q_btnh = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q_dnh[...].astype(dt)) + self.q_bias[...].astype(dt)
+    k_bsnh = jnp.einsum("BSD,DNH->BSNH", x_btd, self.k_dnh[...].astype(dt)) + self.k_bias[...].astype(dt)
+    v_bsnh = jnp.einsum("BSD,DNH->BSNH", x_btd, self.v_dnh[...].astype(dt)) + self.v_bias[...].astype(dt)
+    q_btnh = q_btnh * jnp.asarray(1.0 / math.sqrt(self.head_dim), dt)
+    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh).astype(jnp.float32)
+    probs_bnts = jax.nn.softmax(logits_bnts + bias_b1ts, axis=-1).astype(dt)
+    probs_bnts = dropout(probs_bnts, self.dropout_rate, rng)
+    out_btnh = jnp.einsum("BNTS,BSNH->BTNH", probs_bnts, v_bsnh)
+    return jnp.einsum("BTNH,NHD->BTD", out_btnh, self.out_nhd[...].astype(dt)) + self.out_bias[...].astype(dt)
+
+
+class Mlp(nnx.Module):
+  """Dense D->F, activation, dense F->D."""
+
+  def __init__(self, dim: int, mlp_dim: int, *, init_std: float, rngs: nnx.Rngs):
+    self.up = Dense(dim, mlp_dim, ("embed", "mlp"), init_std=init_std, rngs=rngs)
+    self.down = Dense(mlp_dim, dim, ("mlp", "embed"), init_std=init_std, rngs=rngs)
+
+  def __call__(self, x_btd: Array) -> Array:
+    # Exact (erf) GELU, as the original BERT and Hugging Face's "gelu".
+    return self.down(jax.nn.gelu(self.up(x_btd), approximate=False))
+
+
+def padding_bias(mask_bs: Array) -> Array:
+  """[B, S] 1/0 key mask -> additive float32 bias [B, 1, 1, S]."""
+  return jnp.where(mask_bs[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)

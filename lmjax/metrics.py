@@ -1,0 +1,99 @@
+"""Metric records: stdout (a progress bar on a terminal, plain lines otherwise),
+WORKDIR/metrics.jsonl (one JSON object per line) and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+_SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "tokens_per_sec")
+
+
+def _fmt(k: str, v) -> str:
+  if k == "learning_rate":
+    return f"{k}={v:.2e}"
+  if k == "tokens_per_sec":
+    return f"tok/s={v:,.0f}"
+  return f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+
+
+def _eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class MetricsWriter:
+  """Writes records on the main process only; others keep quiet."""
+
+  def __init__(self, workdir: Path, *, total_steps: int, start_step: int, tensorboard: bool,
+               progress_bar: bool, enabled: bool = True):
+    self.enabled = enabled
+    self.total = total_steps
+    self.path = Path(workdir) / "metrics.jsonl"
+    self._tb = None
+    self._bar = None
+    if not enabled:
+      return
+    if start_step > 0 and self.path.exists():
+      # A resumed run repeats the steps after its checkpoint: drop their
+      # earlier records so the file reads as one uninterrupted run.
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line).get("step", 0) <= start_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+    self._file = open(self.path, "a", encoding="utf-8")
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional at import time)
+      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+    if progress_bar and sys.stderr.isatty():
+      from tqdm import tqdm  # noqa: PLC0415
+      self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+  def write(self, step: int, metrics: dict, split: str = "train") -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and k != "step":
+          self._tb.add_scalar(f"{split}/{k}", v, step)
+      self._tb.flush()
+    shown = " ".join(_fmt(k, record[k]) for k in _SHOWN if k in record)
+    if split == "train":
+      # ETA from the measured training rate (compilation, evaluation and
+      # saving excluded); unknown until a rate has been measured.
+      rate = record.get("steps_per_sec")
+      eta = _eta((self.total - step) / rate) if rate else "?"
+      if self._bar is not None:
+        self._bar.n = step
+        self._bar.set_postfix_str(f"{shown} eta={eta}")
+        return
+      print(f"step {step}/{self.total} {shown} eta={eta}", flush=True)
+    else:
+      line = f"[{split}] step {step} {shown}"
+      if self._bar is not None:
+        self._bar.write(line)
+      else:
+        print(line, flush=True)
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.close()
+    if self._tb is not None:
+      self._tb.close()
+    self._file.close()
+
+
+def _plain(v):
+  try:
+    return v.item()
+  except AttributeError:
+    return v

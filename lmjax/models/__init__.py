@@ -1,0 +1,32 @@
+"""Model families. A family is one file holding its frozen config and modules;
+this registry maps a family name to (config class, pretraining model class).
+
+    from lmjax.models.bert import BertConfig, BertForPreTraining
+    model = BertForPreTraining(BertConfig.preset("tiny"), rngs=nnx.Rngs(0))
+"""
+
+from __future__ import annotations
+
+from lmjax.models import bert
+
+FAMILIES = {
+    "bert": (bert.BertConfig, bert.BertForPreTraining),
+}
+
+
+def family_of(model_cfg) -> str:
+  for name, (cfg_cls, _) in FAMILIES.items():
+    if isinstance(model_cfg, cfg_cls):
+      return name
+  raise TypeError(f"{type(model_cfg).__name__} is not a registered model config")
+
+
+def config_class(family: str):
+  if family not in FAMILIES:
+    from lmjax.errors import LmjaxError  # noqa: PLC0415
+    raise LmjaxError(f"Unknown model family {family!r}; known: {', '.join(FAMILIES)}.")
+  return FAMILIES[family][0]
+
+
+def model_class(model_cfg):
+  return FAMILIES[family_of(model_cfg)][1]

