@@ -85,9 +85,13 @@ class MeshConfig:
   # Which logical-axis rule set maps parameters and activations onto the
   # mesh: "dp", "fsdp", "tp" or "fsdp_tp" (see lmjax.sharding.RULE_SETS).
   rules: str = "fsdp_tp"
-  # Multi-host runs: call jax.distributed.initialize() before anything else
-  # (auto-detects Cloud TPU, SLURM and Open MPI).
+  # Multi-host runs: call jax.distributed.initialize() before anything else.
+  # It auto-detects Cloud TPU, SLURM and Open MPI; elsewhere give the
+  # coordinator ("HOST:PORT"), the number of processes and this one's id.
   distributed: bool = False
+  coordinator_address: str = ""
+  num_processes: int = 0  # 0 = auto-detect
+  process_id: int = -1  # -1 = auto-detect
 
 
 @dataclasses.dataclass(frozen=True)

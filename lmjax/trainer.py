@@ -10,6 +10,8 @@ stream position, so a resumed run repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -239,6 +241,60 @@ def evaluate(s: Setup, eval_fn, params, examples, num_batches: int) -> dict:
   return objectives.finalize(s.objective, total)
 
 
+def initialize_distributed(mc) -> None:
+  """jax.distributed.initialize() with the mesh config's explicit settings, if any."""
+  if jax.distributed.is_initialized():
+    return
+  # Collectives between CPU processes (tests, CPU clusters); GPUs and TPUs
+  # keep their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if mc.coordinator_address:
+    kwargs["coordinator_address"] = mc.coordinator_address
+  if mc.num_processes > 0:
+    kwargs["num_processes"] = mc.num_processes
+  if mc.process_id >= 0:
+    kwargs["process_id"] = mc.process_id
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, RuntimeError) as e:
+    raise LmjaxError(
+        f"jax.distributed.initialize() failed: {e}. Outside Cloud TPU, SLURM and Open MPI set "
+        f"mesh.coordinator_address=HOST:PORT, mesh.num_processes and mesh.process_id on every process.") from None
+
+
+class _StopRequest:
+  """Turns SIGINT / SIGTERM (Ctrl-C, preemption) into a stop after the current
+  step, so the loop can save a consistent checkpoint. A second Ctrl-C stops at
+  once."""
+
+  def __init__(self):
+    self.signum = 0
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum:  # asked twice: do not wait for the step
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+  def reraise(self):
+    if self.signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    raise SystemExit(128 + self.signum)
+
+
 def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   """Runs (or resumes) training in `workdir`; returns the last eval metrics."""
   from lmjax.data import pretrain  # noqa: PLC0415  (pulls in tfds)
@@ -246,7 +302,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if cfg.mesh.distributed:
-    jax.distributed.initialize()
+    initialize_distributed(cfg.mesh)
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   validate(cfg, mesh)
   main = jax.process_index() == 0
@@ -261,11 +317,11 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   start = ckpt.latest_step()
   position = 0
   if start is not None:
-    state, data_state = ckpt.restore(start, s.abstract_state, s.meta)
-    if data_state.get("global_batch") != tc.batch_size:
+    state, saved_data = ckpt.restore(start, s.abstract_state, s.meta)
+    if saved_data.get("global_batch") != tc.batch_size:
       raise LmjaxError(f"The checkpoint in {workdir} was written with train.batch_size="
-                       f"{data_state.get('global_batch')}; resume with the same batch size or a fresh --workdir.")
-    position = int(data_state["position"])
+                       f"{saved_data.get('global_batch')}; resume with the same batch size or a fresh --workdir.")
+    position = int(saved_data["position"])
     pretrain.log(f"resuming from step {start} in {ckpt.directory}")
   else:
     start = 0
@@ -283,10 +339,16 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   writer = MetricsWriter(workdir, total_steps=tc.steps, start_step=start, tensorboard=cfg.logging.tensorboard,
                          progress_bar=cfg.logging.progress_bar, enabled=main)
   tokens_per_step = tc.batch_size * cfg.data.max_seq_len
+
+  def data_state(at_step: int) -> dict:
+    # From the step, not the iterator: the iterator may have handed out the
+    # batch of a step that an interrupt cut short.
+    return {"position": position + (at_step - start) * tc.batch_size, "global_batch": tc.batch_size}
   step = start
   interval_start, interval_steps, excluded = None, 0, 0.0
+  stop = _StopRequest()
   try:
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), stop:
       while step < tc.steps:
         batch = to_global(next(it), mesh)
         state, metrics = train_fn(state, batch)
@@ -308,13 +370,13 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
           last_eval = evaluate(s, eval_fn, state["params"], eval_examples, tc.eval_batches)
           writer.write(step, last_eval, split="eval")
-        if step % cfg.checkpoint.every == 0 or step == tc.steps:
-          ckpt.save(step, state, it.state(), s.meta, force=True)
+        if step % cfg.checkpoint.every == 0 or step == tc.steps or stop.signum:
+          ckpt.save(step, state, data_state(step), s.meta, force=True)
         excluded += time.perf_counter() - paused  # evaluation and saving are not training throughput
-  except KeyboardInterrupt:
-    pretrain.log(f"interrupted: saving step {step} so the same command resumes from it")
-    ckpt.save(step, state, it.state(), s.meta, force=True)
-    raise
+        if stop.signum:
+          ckpt.wait()
+          pretrain.log(f"stopped by signal {stop.signum}: saved step {step}; the same command resumes from it")
+          stop.reraise()
   finally:
     it.close()
     ckpt.close()

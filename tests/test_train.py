@@ -115,3 +115,37 @@ def test_cli_runs_and_resumes_on_the_real_corpus(tmp_path):
   assert "step 7/9" in second.stdout and "step 1/" not in second.stdout
   third = _cli("--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir", str(work), "--set", "train.steps=9")
   assert third.returncode == 0 and "nothing to do" in third.stderr
+
+
+def test_ctrl_c_saves_and_the_same_command_resumes(tiny_cfg, tmp_path):
+  """SIGINT mid-run: a checkpoint at the last finished step; resuming loses and repeats nothing."""
+  import signal
+  import time
+
+  from test_distributed import _recipe
+
+  # Constant learning rate, so runs of different lengths share their first steps.
+  cfg = replace(tiny_cfg, train=dict(steps=10_000, warmup_steps=0, end_learning_rate=1e-3, eval_every=0),
+                checkpoint=dict(every=100_000), logging=dict(tensorboard=False))
+  recipe = _recipe(cfg, tmp_path / "recipe.py")
+  work = tmp_path / "interrupted"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", recipe, "--workdir", str(work)],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    if (work / "metrics.jsonl").exists() and len(records(work)) >= 4:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert "stopped by signal 2: saved step" in err, err[-3000:]
+  saved = checkpoint.Checkpointer(work, every=1, keep=1, async_save=False).latest_step()
+  assert saved >= 4
+
+  trainer.train(replace(cfg, train=dict(steps=saved + 2)), work)
+  trainer.train(replace(cfg, train=dict(steps=saved + 2)), tmp_path / "straight")
+  resumed, straight = records(work), records(tmp_path / "straight")
+  assert [r["step"] for r in resumed] == list(range(1, saved + 3))
+  np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=1e-6)

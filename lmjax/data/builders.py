@@ -147,9 +147,10 @@ def builder_for(data_cfg) -> tfds.core.DatasetBuilder:
 def load_corpus(data_cfg) -> tuple[str, dict]:
   """Prepares the corpus on first use; returns (identity, {split: data source})."""
   builder = builder_for(data_cfg)
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()  # tqdm bars in a log file are noise; the messages below stay
   if not Path(builder.data_dir).joinpath("dataset_info.json").exists():
-    print(f"lmjax: preparing corpus {builder.name}/{builder.builder_config.name if builder.builder_config else ''} "
-          f"in {builder.data_dir}", file=sys.stderr, flush=True)
+    print(f"lmjax: preparing corpus {builder.name} in {builder.data_dir}", file=sys.stderr, flush=True)
   builder.download_and_prepare()
   sources = builder.as_data_source()
   for split in ("train", "validation"):

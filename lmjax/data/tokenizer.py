@@ -82,6 +82,7 @@ def train(sentences: list[str], vocab_size: int, out_path: Path, *, seed: int, m
 def for_run(workdir: Path, cache_path: Path, sentences_fn, vocab_size: int, *, seed: int,
             max_sentences: int) -> Tokenizer:
   """The run's tokenizer: the workdir's if present, else cached or trained."""
+  workdir.mkdir(parents=True, exist_ok=True)
   run_path = workdir / "tokenizer.model"
   if run_path.exists():
     tok = Tokenizer.load(run_path)
