@@ -178,9 +178,9 @@ def train_step(state: dict, batch: dict, *, s: Setup) -> tuple[dict, dict]:
   new_params = optax.apply_updates(params, updates)
   metrics = {
       "loss": loss,
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(new_params),
-      "update_norm": optax.global_norm(updates),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(new_params),
+      "update_norm": optax.tree.norm(updates),
       "learning_rate": optim.schedule(tc)(state["step"]),
       "stats": stats,
   }

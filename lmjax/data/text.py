@@ -30,13 +30,12 @@ def decode(data: bytes, name: str, on_error: str = "error") -> str | None:
   try:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    message = (f"{name} is not valid UTF-8: byte offset {e.start} holds 0x{data[e.start]:02x}. "
-               f"Convert it (for example `iconv -f latin1 -t utf-8`), or set "
-               f"data.on_decode_error=skip to leave such files out with a warning.")
+    where = f"{name} is not valid UTF-8: byte offset {e.start} holds 0x{data[e.start]:02x}"
     if on_error == "skip":
-      warnings.warn(f"skipping {message}", stacklevel=2)
+      warnings.warn(f"skipping {where} (data.on_decode_error=skip)", stacklevel=2)
       return None
-    raise LmjaxError(message) from None
+    raise LmjaxError(f"{where}. Convert it (for example `iconv -f latin1 -t utf-8`), or set "
+                     "data.on_decode_error=skip to leave such files out with a warning.") from None
 
 
 def sentences(paragraph: str) -> list[str]:
