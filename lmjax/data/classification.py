@@ -1,0 +1,90 @@
+"""Labelled sentence data sets for classification fine-tuning (tfds, array_record).
+
+`SentencePolarity`: English movie-review snippets (the Pang & Lee sentences
+behind SST) with human scores -4..+4 from Hutto & Gilbert 2014, shipped in the
+`vaderSentiment==3.3.2` source archive on PyPI. Label = sign of the score
+(zeros dropped), texts de-duplicated after whitespace normalisation, then a
+fixed stratified split (seed 0): 80% train, 10% validation, 10% test.
+Each example: {"id": str, "text": str, "label": 0 negative / 1 positive}.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lmjax.data import fetch
+
+SPLIT_SEED = 0
+FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
+def stratified_split(labels: np.ndarray, seed: int = SPLIT_SEED, fractions=None) -> dict[str, np.ndarray]:
+  """Indices per split; every class is divided in the same proportions."""
+  fractions = fractions or FRACTIONS
+  rng = np.random.default_rng(seed)
+  out = {name: [] for name in fractions}
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    bounds = np.round(np.cumsum(list(fractions.values())) * len(idx)).astype(int)
+    for name, lo, hi in zip(fractions, np.concatenate([[0], bounds[:-1]]), bounds):
+      out[name].extend(idx[lo:hi].tolist())
+  return {name: np.sort(np.asarray(v, np.int64)) for name, v in out.items()}
+
+
+def read_polarity(archive_bytes: bytes) -> tuple[list[str], list[str], np.ndarray]:
+  """(ids, texts, labels) of the movie-review snippets, cleaned as described above."""
+  with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as inner:
+    raw = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
+  ids, texts, labels, seen = [], [], [], set()
+  for line in raw.decode("utf-8").replace("\r\n", "\n").split("\n"):
+    if not line.strip():
+      continue
+    row_id, score, text = line.split("\t", 2)
+    text = " ".join(text.split())
+    if float(score) == 0 or text in seen:
+      continue
+    seen.add(text)
+    ids.append(row_id)
+    texts.append(text)
+    labels.append(int(float(score) > 0))
+  return ids, texts, np.asarray(labels, np.int64)
+
+
+class SentencePolarity(tfds.core.GeneratorBasedBuilder):
+  """English sentence polarity: 10,566 movie-review snippets, positive / negative."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, cache, **kwargs):
+    self._cache = cache
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "text": tfds.features.Text(),
+        "label": tfds.features.ClassLabel(names=["negative", "positive"])}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    archive = fetch.fetch_sdist(fetch.VADER, self._cache)
+    with tarfile.open(archive) as outer:
+      inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
+    ids, texts, labels = read_polarity(inner)
+    splits = stratified_split(labels)
+    return {name: self._generate_examples([(ids[i], texts[i], int(labels[i])) for i in idx])
+            for name, idx in splits.items()}
+
+  def _generate_examples(self, rows):
+    for row_id, text, label in rows:
+      yield row_id, {"id": row_id, "text": text, "label": label}
+
+
+def load_polarity(cache_dir: str = "") -> dict:
+  cache = fetch.cache_root(cache_dir)
+  builder = SentencePolarity(cache=cache, data_dir=str(cache / "tfds"), file_format="array_record")
+  builder.download_and_prepare()
+  return builder.as_data_source()
