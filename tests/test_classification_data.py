@@ -1,4 +1,4 @@
-"""The sentence-polarity data set: cleaning and a fixed, stratified, disjoint split."""
+"""Sentence-classification data sets: cleaning and a fixed, stratified, disjoint split."""
 
 import numpy as np
 
@@ -21,7 +21,7 @@ def test_stratified_split_is_disjoint_complete_and_stable():
 
 
 def test_sentence_polarity_from_pypi(tmp_path):
-  source = classification.load_polarity(str(tmp_path))
+  source = classification.load("sentence_polarity", str(tmp_path))
   rows = {name: [source[name][i] for i in range(len(source[name]))] for name in ("train", "validation", "test")}
   sizes = {k: len(v) for k, v in rows.items()}
   # 10,605 rows - 37 zero scores - 2 duplicate texts = 10,566
@@ -34,6 +34,17 @@ def test_sentence_polarity_from_pypi(tmp_path):
   for share in positive.values():
     assert abs(share - 5242 / (5242 + 5326)) < 0.01
   # A second preparation (fresh cache) gives the same test split.
-  again = classification.load_polarity(str(tmp_path / "again"))["test"]
+  again = classification.load("sentence_polarity", str(tmp_path / "again"))["test"]
   assert {again[i]["text"] for i in range(len(again))} == texts["test"]
   assert any(t.decode().startswith("The gorgeously elaborate continuation") for t in texts["train"] | texts["validation"] | texts["test"])
+
+
+def test_chinese_review_sentiment_from_pypi(tmp_path):
+  source = classification.load("chinese_review_sentiment", str(tmp_path))
+  rows = [source[name][i] for name in ("train", "validation", "test") for i in range(len(source[name]))]
+  # 8,379 unique positive + 9,078 unique negative lines, minus the 47 in both lists, twice
+  assert len(rows) == 8379 - 47 + 9078 - 47
+  texts = [r["text"] for r in rows]
+  assert len(set(texts)) == len(texts)
+  assert sum(r["label"] for r in rows) == 8379 - 47
+  assert len(source["test"]) == round(0.1 * (8379 - 47)) + round(0.1 * (9078 - 47))

