@@ -59,7 +59,14 @@ def read_polarity(archive_bytes: bytes) -> tuple[list[str], list[str], np.ndarra
 
 
 class _Labelled:
-  """Features and example writer shared by the sentence-classification builders."""
+  """What the sentence-classification builders share: a cache for the fetched
+  archive, the features, the split and the example writer."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, cache, **kwargs):
+    self._cache = cache
+    super().__init__(**kwargs)
 
   def _info(self):
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
@@ -77,12 +84,6 @@ class _Labelled:
 
 class SentencePolarity(_Labelled, tfds.core.GeneratorBasedBuilder):
   """English sentence polarity: 10,566 movie-review snippets, positive / negative."""
-
-  VERSION = tfds.core.Version("1.0.0")
-
-  def __init__(self, *, cache, **kwargs):
-    self._cache = cache
-    super().__init__(**kwargs)
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -115,12 +116,6 @@ def read_chinese_reviews(pos: bytes, neg: bytes) -> tuple[list[str], list[str], 
 
 class ChineseReviewSentiment(_Labelled, tfds.core.GeneratorBasedBuilder):
   """Chinese review sentiment: 17,363 sentences, positive / negative."""
-
-  VERSION = tfds.core.Version("1.0.0")
-
-  def __init__(self, *, cache, **kwargs):
-    self._cache = cache
-    super().__init__(**kwargs)
 
   def _split_generators(self, dl_manager):
     del dl_manager
