@@ -67,9 +67,64 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, restored.data
 
+  def restore_params(self, step: int, abstract_state, meta: dict):
+    """Only the parameters of `step` (for fine-tuning from this run)."""
+    return self.restore(step, abstract_state, meta)[0]["params"]
+
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class BestCheckpoint:
+  """WORKDIR/best: the parameters of the best evaluation so far by one metric.
+
+  Holds one checkpoint (items `params` and `meta`, the latter with the metric,
+  its value and the step), written synchronously when an evaluation beats it.
+  The final test report and `lmjax.predict` read it.
+  """
+
+  def __init__(self, workdir: Path, metric: str):
+    self.metric = metric
+    self.minimize = metric.endswith("loss")
+    self.directory = Path(workdir).resolve() / "best"
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def info(self) -> dict | None:
+    """{"step", "metric", "value"} of the kept checkpoint, or None."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+  def update(self, step: int, params, metrics: dict, meta: dict) -> bool:
+    """Saves `params` if metrics[metric] beats the kept value; True if it did."""
+    if self.metric not in metrics:
+      raise LmjaxError(f"checkpoint.best_metric={self.metric!r} is not an evaluation metric; choose one of "
+                       f"{', '.join(k for k, v in metrics.items() if isinstance(v, float))}.")
+    value = float(metrics[self.metric])
+    kept = self.info()
+    if kept is not None:
+      if step <= kept["step"]:  # a resumed run re-evaluating a step it already judged
+        return False
+      if (value >= kept["value"]) if self.minimize else (value <= kept["value"]):
+        return False
+    info = {**meta, "step": step, "metric": self.metric, "value": value}
+    self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                    meta=ocp.args.JsonSave(info)), force=True)
+    self.manager.wait_until_finished()
+    return True
+
+  def restore_params(self, abstract_params):
+    step = self.manager.latest_step()
+    if step is None:
+      raise LmjaxError(f"{self.directory} holds no checkpoint.")
+    restored = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    return restored.params
+
+  def close(self):
     self.manager.close()

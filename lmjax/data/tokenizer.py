@@ -1,4 +1,12 @@
-"""sentencepiece tokenizers trained by lmjax on the training split.
+"""Tokenizers: sentencepiece models trained by lmjax, and the WordPiece
+tokenizers that come with Hugging Face BERT checkpoints.
+
+Both kinds expose the same small interface (`encode` without special tokens,
+`vocab_size`, `pad_id`, `cls_id`, `sep_id`), and a run keeps its tokenizer in
+the workdir as `tokenizer.model` (sentencepiece) or `tokenizer.json`
+(Hugging Face `tokenizers`); `load_for_run` finds whichever is there.
+
+sentencepiece tokenizers are trained on the training split.
 
 Special ids are fixed so that models and data agree without a lookup:
   0 [PAD]   1 [UNK]   2 [CLS]   3 [SEP]   4 [MASK]
@@ -42,6 +50,8 @@ class Tokenizer:
     if pieces != ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]:
       raise LmjaxError(f"{path} does not have lmjax's special tokens at ids 0-4 (found {pieces}).")
     return cls(sp, path)
+
+  pad_id, cls_id, sep_id = PAD, CLS, SEP
 
   @property
   def vocab_size(self) -> int:
@@ -96,3 +106,74 @@ def for_run(workdir: Path, cache_path: Path, sentences_fn, vocab_size: int, *, s
         f"The tokenizer in {run_path} has {tok.vocab_size} pieces but model.vocab_size is {vocab_size}. "
         f"Set --set model.vocab_size={tok.vocab_size} (or larger), or use a fresh --workdir.")
   return tok
+
+
+@dataclasses.dataclass
+class WordPiece:
+  """A Hugging Face tokenizer (`tokenizer.json`, read by the `tokenizers`
+  library), used without its own truncation, padding or special tokens:
+  lmjax adds [CLS]/[SEP] and truncates, the same way for every tokenizer."""
+  tok: object  # tokenizers.Tokenizer
+  path: Path
+
+  @classmethod
+  def load(cls, path: Path) -> WordPiece:
+    from tokenizers import Tokenizer as HfTokenizer  # noqa: PLC0415
+
+    path = Path(path)
+    try:
+      tok = HfTokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001  (tokenizers raises plain Exception)
+      raise LmjaxError(f"{path} is not a Hugging Face tokenizer.json ({e}).") from None
+    tok.no_truncation()
+    tok.no_padding()
+    out = cls(tok, path)
+    for name in ("[PAD]", "[CLS]", "[SEP]"):
+      if tok.token_to_id(name) is None:
+        raise LmjaxError(f"{path} has no {name} token; lmjax classification needs BERT's special tokens.")
+    return out
+
+  @classmethod
+  def from_vocab(cls, vocab: Path, out_path: Path, *, lowercase: bool) -> WordPiece:
+    """Builds BERT's WordPiece tokenizer from a vocab.txt and saves it as tokenizer.json."""
+    from tokenizers import BertWordPieceTokenizer  # noqa: PLC0415
+
+    tok = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_path))
+    return cls.load(out_path)
+
+  @property
+  def pad_id(self) -> int:
+    return self.tok.token_to_id("[PAD]")
+
+  @property
+  def cls_id(self) -> int:
+    return self.tok.token_to_id("[CLS]")
+
+  @property
+  def sep_id(self) -> int:
+    return self.tok.token_to_id("[SEP]")
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tok.get_vocab_size()
+
+  def encode(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids) -> str:
+    return self.tok.decode([int(i) for i in ids])
+
+
+RUN_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+def load_for_run(workdir: Path) -> Tokenizer | WordPiece:
+  """The tokenizer a run keeps in its workdir, whichever kind it is."""
+  workdir = Path(workdir)
+  if (workdir / "tokenizer.model").exists():
+    return Tokenizer.load(workdir / "tokenizer.model")
+  if (workdir / "tokenizer.json").exists():
+    return WordPiece.load(workdir / "tokenizer.json")
+  raise LmjaxError(f"{workdir} has no tokenizer ({' or '.join(RUN_FILES)}); is it an lmjax run directory?")

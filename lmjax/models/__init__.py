@@ -1,5 +1,6 @@
 """Model families. A family is one file holding its frozen config and modules;
-this registry maps a family name to (config class, pretraining model class).
+this registry maps a family name to its config class and, per task, the
+model class ("pretraining", "classification", ...).
 
     from lmjax.models.bert import BertConfig, BertForPreTraining
     model = BertForPreTraining(BertConfig.preset("tiny"), rngs=nnx.Rngs(0))
@@ -10,7 +11,8 @@ from __future__ import annotations
 from lmjax.models import bert
 
 FAMILIES = {
-    "bert": (bert.BertConfig, bert.BertForPreTraining),
+    "bert": (bert.BertConfig, {"pretraining": bert.BertForPreTraining,
+                               "classification": bert.BertForSequenceClassification}),
 }
 
 
@@ -28,5 +30,10 @@ def config_class(family: str):
   return FAMILIES[family][0]
 
 
-def model_class(model_cfg):
-  return FAMILIES[family_of(model_cfg)][1]
+def model_class(model_cfg, task: str = "pretraining"):
+  family = family_of(model_cfg)
+  classes = FAMILIES[family][1]
+  if task not in classes:
+    from lmjax.errors import LmjaxError  # noqa: PLC0415
+    raise LmjaxError(f"The {family!r} family has no model for the {task!r} task; it has: {', '.join(classes)}.")
+  return classes[task]

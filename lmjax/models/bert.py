@@ -50,6 +50,7 @@ class BertConfig:
   pre_ln: bool = False  # False = original post-LN BERT
   init_std: float = 0.02  # truncated-normal range in the original; normal here
   dtype: str = "float32"  # compute dtype; parameters stay float32
+  num_labels: int = 2  # classes of the sequence-classification head (fine-tuning only)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> BertConfig:
@@ -167,3 +168,24 @@ class BertForPreTraining(nnx.Module):
     hidden_btd, pooled_bd = self.bert(ids_bt, type_ids_bt, mask_bt, rng=rng)
     nsp_b2 = self.nsp(pooled_bd).astype(jnp.float32)
     return self.mlm_logits(hidden_btd, positions_bp), nsp_b2
+
+
+class BertForSequenceClassification(nnx.Module):
+  """BERT + a linear classifier over the pooled [CLS] output (Devlin et al. 2019, sec. 4.1).
+
+  Fine-tuning starts from a pretrained `bert` subtree (an lmjax pretraining
+  checkpoint or a Hugging Face model); the classifier is new.
+  """
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.bert = BertModel(cfg, rngs=rngs)
+    self.classifier = L.Dense(cfg.hidden_size, cfg.num_labels, ("embed", "classes"), init_std=cfg.init_std,
+                              rngs=rngs)
+
+  def __call__(self, ids_bt: Array, type_ids_bt: Array, mask_bt: Array, *, rng: Array | None = None) -> Array:
+    """Class logits [B, num_labels], float32."""
+    r_bert, r_out = L.split_rng(rng, 2)
+    _, pooled_bd = self.bert(ids_bt, type_ids_bt, mask_bt, rng=r_bert)
+    pooled_bd = L.dropout(pooled_bd, self.cfg.dropout_rate, r_out)
+    return self.classifier(pooled_bd).astype(jnp.float32)

