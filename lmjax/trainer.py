@@ -361,9 +361,21 @@ class _Classification:
     from lmjax.data import classification, finetune  # noqa: PLC0415
     from lmjax.data import tokenizer as tk  # noqa: PLC0415
     d = cfg.data
-    self.source = finetuning.inspect(cfg.train.init_from) if cfg.train.init_from else None
+    saved = Path(workdir) / "config.json"
+    if resumed and cfg.train.init_from and saved.exists() and not Path(cfg.train.init_from).expanduser().exists():
+      # The run already holds the weights; the model it started from may be gone.
+      self.source = None
+      cfg = dataclasses.replace(cfg, model=finetuning.model_config(cfg.model, finetuning.Source(
+          "lmjax", Path(workdir), config_lib.load_json(saved).model)))
+    else:
+      self.source = finetuning.inspect(cfg.train.init_from) if cfg.train.init_from else None
     if self.source is not None:
       cfg = dataclasses.replace(cfg, model=finetuning.model_config(cfg.model, self.source))
+    metric = cfg.checkpoint.best_metric
+    if metric and metric not in ("accuracy", "f1", "loss") and metric.split("/")[0] not in (
+        "precision", "recall", "f1"):
+      raise LmjaxError(f"checkpoint.best_metric={metric!r} is not a classification metric; use accuracy, f1, "
+                       "loss, or precision/LABEL, recall/LABEL, f1/LABEL.")
     labelled = classification.load_labelled(d)
     if cfg.model.num_labels != len(labelled.names):
       raise LmjaxError(f"model.num_labels={cfg.model.num_labels} but data set {labelled.identity} has "

@@ -15,7 +15,7 @@ import pytest
 
 from lmjax import finetuning, trainer
 from lmjax import sharding as sh
-from lmjax.config import Config
+from lmjax.config import Config, DataConfig
 from lmjax.data import classification, finetune
 from lmjax.data import tokenizer as tk
 from lmjax.errors import LmjaxError
@@ -157,6 +157,32 @@ def test_init_from_an_lmjax_pretraining_run(tiny_cfg, cls_cfg, tmp_path):
   assert np.abs(params["classifier"]["kernel"]).max() > 0
 
 
+def test_sentence_pairs_from_files(tmp_path, cache_dir):
+  rows = [{"premise": f"the king speaks {i}", "hypothesis": f"a lord listens {i}", "label": ["no", "yes"][i % 2]}
+          for i in range(20)]
+  (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  data = DataConfig(dataset="labelled_files", train_file=str(tmp_path / "pairs.jsonl"), text_column="premise",
+                    text_pair_column="hypothesis", cache_dir=str(cache_dir), max_seq_len=24)
+  labelled = classification.load_labelled(data)
+  assert labelled.names == ("no", "yes")
+  texts, pairs, labels = finetune.read_split(labelled, "train")
+  assert len(texts) == 18 and len(finetune.read_split(labelled, "validation")[0]) == 2  # 10% held out, stratified
+  for text, pair, label in zip(texts, pairs, labels):
+    n = int(text.split()[-1])
+    assert pair == f"a lord listens {n}" and label == n % 2
+  i = 0
+
+  class Words:
+    pad_id, cls_id, sep_id = 0, 1, 2
+
+    def encode(self, batch):
+      return [[10 + len(w) for w in t.split()] for t in batch]
+
+  enc = finetune.encode(Words(), texts, pairs, labels, data.max_seq_len)
+  assert enc.type_ids[i].tolist()[:13] == [0] * 6 + [1] * 5 + [0] * 2  # [CLS] a a a a [SEP] b b b b [SEP] pad
+  assert enc.input_mask[i].sum() == 11
+
+
 def test_encode_pairs_and_truncation():
   class Chars:  # one id per character, specials as BERT's
     pad_id, cls_id, sep_id = 0, 101, 102
@@ -284,6 +310,7 @@ def test_minilm_recipe_smoke_cli(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Accuracy: " in out.stdout and "F1 Score: " in out.stdout
+  assert "longer than data.max_seq_len=32 tokens; they were truncated" in out.stderr
   test = _records(work, "test")
   assert len(test) == 1 and test[0]["examples"] == 1057
   assert (work / "tokenizer.json").exists()

@@ -94,6 +94,8 @@ def _cli(*args, env_extra=None, timeout=600):
     (["--set", "mesh.data=3"], "Mesh (data=3, fsdp=1, tensor=1) has 3 devices"),
     (["--set", "data.max_seq_len=4096"], "larger than the model's position table"),
     (["--set", "data.dataset=text_dir", "--set", "data.text_dir=/no/such/dir"], "does not exist"),
+    (["--set", "train.objective=classification"], "is an unlabelled pretraining corpus"),
+    (["--set", "train.init_from=runs/x"], "train.init_from is for fine-tuning"),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, args, message):
   result = _cli("--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir", str(tmp_path), *args)
