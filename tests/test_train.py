@@ -22,18 +22,22 @@ def records(workdir, split="train"):
   return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
-def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
+def test_resume_equals_uninterrupted_even_on_another_mesh(tiny_cfg, tmp_path):
+  """3 steps under data parallelism, then the same command resumes under FSDP + TP: the
+  metrics equal an uninterrupted run's (to float reduction order; the same-mesh resume
+  is checked bit-exactly by the Ctrl-C test)."""
   trainer.train(tiny_cfg, tmp_path / "straight")
   trainer.train(replace(tiny_cfg, train=dict(steps=3)), tmp_path / "resumed")
   assert checkpoint.Checkpointer(tmp_path / "resumed", every=1, keep=1, async_save=False).latest_step() == 3
-  last_eval = trainer.train(tiny_cfg, tmp_path / "resumed")  # same command, more steps: resumes at 3
+  other_mesh = replace(tiny_cfg, mesh=dict(data=1, fsdp=2, tensor=4, rules="fsdp_tp"))
+  last_eval = trainer.train(other_mesh, tmp_path / "resumed")  # same command, more steps: resumes at 3
 
   straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
   assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # no step logged twice
   for a, b in zip(straight, resumed):
     assert a["step"] == b["step"]
-    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
-    np.testing.assert_allclose(b["grad_norm"], a["grad_norm"], rtol=1e-5)
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4)
+    np.testing.assert_allclose(b["grad_norm"], a["grad_norm"], rtol=1e-4)
   evals = records(tmp_path / "resumed", "eval")
   assert [e["step"] for e in evals] == [3, 6]
   assert evals[-1] == {"step": 6, "split": "eval", **last_eval}
@@ -57,16 +61,6 @@ def test_loss_falls(tiny_cfg, tmp_path):
   # ln(vocabulary) ~ 5.5 at the start; the synthetic text has ~3.4 nats of
   # entropy per word, so 30 steps cannot go far, but they must go down.
   assert np.mean(losses[-2:]) < losses[0] - 0.4, losses
-
-
-def test_restore_onto_another_mesh(tiny_cfg, tmp_path):
-  """A checkpoint written under data parallelism resumes under FSDP + TP."""
-  cfg = replace(tiny_cfg, model=dict(dropout_rate=0.0, attention_dropout_rate=0.0), train=dict(eval_every=0))
-  trainer.train(cfg, tmp_path / "a")
-  trainer.train(replace(cfg, train=dict(steps=3)), tmp_path / "b")
-  trainer.train(replace(cfg, mesh=dict(data=1, fsdp=2, tensor=4, rules="fsdp_tp")), tmp_path / "b")
-  a, b = records(tmp_path / "a"), records(tmp_path / "b")
-  np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
 
 
 def test_workdir_with_another_model_shape(tiny_cfg, tmp_path):

@@ -1,0 +1,225 @@
+"""Throughput of a recipe's real, jit-compiled train step (or its evaluation step).
+
+  python -m lmjax.bench --config configs/bert_base_pretrain.py --set train.batch_size=8 --steps 10 --warmup 2
+  python -m lmjax.bench --config configs/minilm_sentiment.py --eval
+
+Synthetic token batches of the recipe's shapes are built once and fed to the
+same step `train.py` runs (same shardings, donated state), so no data loading
+is measured. Prints one JSON object:
+
+  tokens_per_sec, step_time_s (median of --steps after --warmup), step_time_min_s,
+  compile_time_s, model_flops_per_token (first-principles count, lmjax.models),
+  xla_flops_per_token (XLA's cost analysis of the compiled step, per device x devices),
+  tflops_per_sec, peak_flops, peak_source, mfu, peak_memory_bytes, peak_memory_source,
+  plus the shapes, devices and precision it ran with.
+
+The peak is the device's published dense peak for its dtype when the device
+kind is in the table below; on a CPU it is the best matmul rate measured in the
+same process (so MFU reads "share of what this machine's matmul reaches").
+An unknown accelerator gets `"mfu": null` rather than an invented peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+
+from lmjax.errors import LmjaxError
+
+# Dense peak FLOP/s per chip, (bfloat16, float32) from the vendors' data sheets
+# (float32 on NVIDIA = TF32 tensor cores, which XLA uses for f32 matmuls by default).
+PEAKS = {
+    "NVIDIA H100 80GB HBM3": (989e12, 494e12),
+    "NVIDIA H100": (989e12, 494e12),
+    "NVIDIA H200": (989e12, 494e12),
+    "NVIDIA A100-SXM4-80GB": (312e12, 156e12),
+    "NVIDIA A100-SXM4-40GB": (312e12, 156e12),
+    "NVIDIA A100 80GB PCIe": (312e12, 156e12),
+    "NVIDIA L4": (121e12, 60e12),
+    "TPU v4": (275e12, 275e12 / 2),
+    "TPU v5 lite": (197e12, 197e12 / 2),
+    "TPU v5e": (197e12, 197e12 / 2),
+    "TPU v5p": (459e12, 459e12 / 2),
+    "TPU v6 lite": (918e12, 918e12 / 2),
+}
+
+
+def device_peak(device, dtype: str) -> tuple[float | None, str]:
+  """(peak FLOP/s per device, where it came from)."""
+  kind = device.device_kind
+  if device.platform == "cpu":
+    return measure_cpu_peak(), "measured: best float32 matmul in this process"
+  for name, (bf16, f32) in PEAKS.items():
+    if kind == name or kind.startswith(name):
+      return (bf16 if dtype == "bfloat16" else f32), f"table: {name} {dtype} dense"
+  return None, f"unknown device kind {kind!r}: no peak in lmjax.bench.PEAKS, so MFU is not reported"
+
+
+def measure_cpu_peak(n: int = 1024, repeats: int = 5) -> float:
+  """Best FLOP/s of an n x n float32 matmul chain on the first device."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  k = 8  # matmuls per call, so dispatch overhead is amortised
+
+  @jax.jit
+  def chain(a, b):
+    for _ in range(k):
+      a = jnp.tanh(a @ b)  # tanh keeps values bounded; its cost is O(n^2), noise next to n^3
+    return a
+
+  dev = jax.devices()[0]
+  a = jax.device_put(jnp.ones((n, n), jnp.float32) / n, dev)
+  b = jax.device_put(jnp.eye(n, dtype=jnp.float32), dev)
+  chain(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    chain(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 * k / best
+
+
+def synthetic_batch(cfg, objective, rng) -> dict:
+  """A global batch of the objective's keys with the recipe's shapes (numpy)."""
+  import numpy as np  # noqa: PLC0415
+
+  b, t, v = cfg.train.batch_size, cfg.data.max_seq_len, cfg.model.vocab_size
+  batch = {
+      "input_ids": rng.integers(5, v, (b, t), dtype=np.int32),
+      "type_ids": (np.arange(t)[None, :] >= t // 2).astype(np.int32).repeat(b, 0),
+      "input_mask": np.ones((b, t), np.int32),
+  }
+  if objective.task == "pretraining":
+    p = cfg.data.max_predictions_per_seq
+    batch["masked_positions"] = np.sort(rng.choice(np.arange(1, t), (b, p)), axis=1).astype(np.int32)
+    batch["masked_ids"] = rng.integers(5, v, (b, p), dtype=np.int32)
+    batch["masked_weights"] = np.ones((b, p), np.float32)
+    batch["nsp_label"] = rng.integers(0, 2, (b,), dtype=np.int32)
+  elif objective.task == "classification":
+    batch["label"] = rng.integers(0, cfg.model.num_labels, (b,), dtype=np.int32)
+    batch["weight"] = np.ones((b,), np.float32)
+  else:
+    raise LmjaxError(f"lmjax.bench has no synthetic batch for the {objective.task!r} task yet.")
+  return {k: batch[k] for k in objective.batch_keys}
+
+
+def _resolve(cfg):
+  """Fine-tuning recipes: the architecture of their init_from model (no weights are read)."""
+  if cfg.train.init_from:
+    from lmjax import finetuning  # noqa: PLC0415
+    try:
+      source = finetuning.inspect(cfg.train.init_from)
+      cfg = dataclasses.replace(cfg, model=finetuning.model_config(cfg.model, source))
+    except LmjaxError as e:
+      print(f"lmjax.bench: {e} Benchmarking the recipe's own model section instead.", file=sys.stderr)
+  return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=""))
+
+
+def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int = 0) -> dict:
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from lmjax import objectives, trainer  # noqa: PLC0415
+  from lmjax import sharding as sh  # noqa: PLC0415
+
+  if steps < 1 or warmup < 0:
+    raise LmjaxError("--steps must be at least 1 and --warmup at least 0.")
+  cfg = _resolve(cfg)
+  objective = objectives.get(cfg.train.objective)
+  mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  trainer.validate(cfg, mesh)
+  s = trainer.build(cfg, mesh)
+  state = trainer.init_state(s)
+  train_fn, eval_fn = trainer.compile_steps(s)
+  with jax.set_mesh(mesh):
+    batch = trainer.to_global(synthetic_batch(cfg, objective, np.random.default_rng(seed)), mesh)
+    if mode == "train":
+      fn, args = train_fn, (state, batch)
+    else:
+      fn, args = eval_fn, (state["params"], batch)
+    t = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_time = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    times = []
+    for i in range(warmup + steps):
+      t = time.perf_counter()
+      if mode == "train":
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics["loss"])
+      else:
+        jax.block_until_ready(compiled(state["params"], batch))
+      if i >= warmup:
+        times.append(time.perf_counter() - t)
+  tokens = cfg.train.batch_size * cfg.data.max_seq_len
+  step_time = statistics.median(times)
+  predictions = cfg.data.max_predictions_per_seq if objective.task == "pretraining" else 0
+  flops_per_token = cfg.model.flops_per_token(cfg.data.max_seq_len, predictions, training=mode == "train")
+  n_dev = mesh.devices.size
+  peak, peak_source = device_peak(jax.devices()[0], cfg.model.dtype)
+  # CPU "devices" of one process share the host's cores: the measured peak is
+  # already the whole machine's. Accelerators add up.
+  total_peak = None if peak is None else peak if jax.devices()[0].platform == "cpu" else peak * n_dev
+  achieved = flops_per_token * tokens / step_time
+  memory, memory_source = _peak_memory(compiled)
+  return {
+      "config": None, "mode": mode, "family": type(cfg.model).__name__, "objective": objective.name,
+      "batch_size": cfg.train.batch_size, "seq_len": cfg.data.max_seq_len, "dtype": cfg.model.dtype,
+      "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+      "tokens_per_sec": tokens / step_time,
+      "step_time_s": step_time, "step_time_min_s": min(times), "steps": steps, "warmup": warmup,
+      "compile_time_s": compile_time,
+      "model_flops_per_token": flops_per_token,
+      # cost_analysis counts one device's program; x devices for the whole step.
+      "xla_flops_per_token": xla_flops * n_dev / tokens,
+      "tflops_per_sec": achieved / 1e12,
+      "peak_flops": total_peak, "peak_source": peak_source,
+      "mfu": achieved / total_peak if total_peak else None,
+      "peak_memory_bytes": memory, "peak_memory_source": memory_source,
+  }
+
+
+def _peak_memory(compiled) -> tuple[int | None, str]:
+  import jax  # noqa: PLC0415
+
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device memory_stats (peak_bytes_in_use, device 0)"
+  try:
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    return int(total), "XLA memory_analysis of the step (arguments + outputs + temporaries - donated)"
+  except Exception:  # noqa: BLE001  (not every backend implements it)
+    return None, "unavailable on this backend"
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="recipe, e.g. configs/bert_base_pretrain.py[:ARG]")
+  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+  parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  parser.add_argument("--eval", action="store_true", help="time the evaluation (forward) step instead")
+  args = parser.parse_args(argv)
+  try:
+    from lmjax import config as config_lib  # noqa: PLC0415
+    cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
+    result = run(cfg, steps=args.steps, warmup=args.warmup, mode="eval" if args.eval else "train")
+    result["config"] = args.config
+    print(json.dumps(result, indent=1))
+  except LmjaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
