@@ -59,8 +59,9 @@ def device_peak(device, dtype: str) -> tuple[float | None, str]:
   return None, f"unknown device kind {kind!r}: no peak in lmjax.bench.PEAKS, so MFU is not reported"
 
 
-def measure_cpu_peak(n: int = 1024, repeats: int = 5) -> float:
-  """Best FLOP/s of an n x n float32 matmul chain on the first device."""
+def measure_cpu_peak(n: int = 1024, repeats: int = 10) -> float:
+  """Best FLOP/s of an n x n float32 matmul chain on the first device (the
+  best of several: on a shared machine the slow repeats measure the neighbours)."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
