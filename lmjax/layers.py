@@ -152,6 +152,53 @@ class Mlp(nnx.Module):
     return self.down(jax.nn.gelu(self.up(x_btd), approximate=False))
 
 
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm (Zhang & Sennrich 2019; Llama): no mean, no bias; float32 inside."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = param(rngs, ones, (dim,), ("norm",))
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+def rope(x_btnh: Array, positions_bt: Array, theta: float) -> Array:
+  """Rotary position embedding (Su et al. 2021) in the half-split layout of
+  GPT-NeoX and Hugging Face Llama: feature i pairs with i + H/2. float32 inside."""
+  h = x_btnh.shape[-1]
+  inv_freq_h2 = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  angle_bth2 = positions_bt[..., None].astype(jnp.float32) * inv_freq_h2
+  sin, cos = jnp.sin(angle_bth2)[:, :, None, :], jnp.cos(angle_bth2)[:, :, None, :]
+  x = x_btnh.astype(jnp.float32)
+  x1, x2 = x[..., :h // 2], x[..., h // 2:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_btnh.dtype)
+
+
+def grouped_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias_bts: Array, *, dropout_rate: float = 0.0,
+                      rng: Array | None = None) -> Array:
+  """Softmax attention where N query heads share K key/value heads (N = K x G;
+  K = N is multi-head, K = 1 multi-query). `bias` is additive, float32 [B, T, S].
+  q is expected pre-scaled. Returns [B, T, N, H]."""
+  b, t, n, h = q_btnh.shape
+  k = k_bskh.shape[2]
+  q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
+  logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh).astype(jnp.float32)
+  probs_bkgts = jax.nn.softmax(logits_bkgts + bias_bts[:, None, None], axis=-1).astype(q_btnh.dtype)
+  probs_bkgts = dropout(probs_bkgts, dropout_rate, rng)
+  return jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh).reshape(b, t, n, h)
+
+
+NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def mask_to_bias(allowed: Array) -> Array:
+  """Boolean "may attend" -> additive float32 bias (0 or the most negative float)."""
+  return jnp.where(allowed, 0.0, NEG_INF).astype(jnp.float32)
+
+
 def padding_bias(mask_bs: Array) -> Array:
   """[B, S] 1/0 key mask -> additive float32 bias [B, 1, 1, S]."""
   return jnp.where(mask_bs[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)

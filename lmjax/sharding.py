@@ -34,14 +34,15 @@ BATCH = ("data", "fsdp")
 # unmapped name is a bug caught by `check_rules`, not a silent replication.
 _REPLICATED = {
     "batch": BATCH, "seq": None, "act_embed": None,
-    "vocab": None, "embed": None, "heads": None, "kv": None, "mlp": None,
+    "vocab": None, "embed": None, "heads": None, "kv_heads": None, "kv": None, "mlp": None,
     "norm": None, "position": None, "type": None, "classes": None,
 }
 RULE_SETS: dict[str, dict[str, str | tuple[str, ...] | None]] = {
     "dp": dict(_REPLICATED),
     "fsdp": {**_REPLICATED, "embed": "fsdp"},
-    "tp": {**_REPLICATED, "heads": "tensor", "mlp": "tensor", "vocab": "tensor"},
-    "fsdp_tp": {**_REPLICATED, "embed": "fsdp", "heads": "tensor", "mlp": "tensor", "vocab": "tensor"},
+    "tp": {**_REPLICATED, "heads": "tensor", "kv_heads": "tensor", "mlp": "tensor", "vocab": "tensor"},
+    "fsdp_tp": {**_REPLICATED, "embed": "fsdp", "heads": "tensor", "kv_heads": "tensor", "mlp": "tensor",
+                "vocab": "tensor"},
 }
 
 

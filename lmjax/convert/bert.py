@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lmjax.convert.common import _PICKLE_SUFFIXES, Map as _Map, check_not_pickle as _check_not_pickle
+from lmjax.convert.common import convert as _convert, get as _get, merge_into  # noqa: F401  (re-exported)
 from lmjax.errors import LmjaxError
 from lmjax.models.bert import BertConfig
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def config_from_hf(hf: dict) -> BertConfig:
@@ -53,15 +54,6 @@ def config_to_hf(cfg: BertConfig) -> dict:
       "attention_probs_dropout_prob": cfg.attention_dropout_rate, "layer_norm_eps": cfg.layer_norm_eps,
       "initializer_range": cfg.init_std, "position_embedding_type": "absolute", "pad_token_id": 0,
   }
-
-
-@dataclasses.dataclass(frozen=True)
-class _Map:
-  """One tensor: HF name, lmjax path, and the reshapes between the two."""
-  hf: str
-  path: tuple
-  to_lmjax: object = None  # fn(array, cfg) -> array
-  to_hf: object = None
 
 
 def _dense(hf: str, path: tuple) -> list[_Map]:
@@ -116,13 +108,6 @@ def _head_maps() -> list[_Map]:
           *_dense("cls.seq_relationship", ("nsp",))]
 
 
-def _check_not_pickle(path: Path) -> None:
-  if path.suffix in _PICKLE_SUFFIXES:
-    raise LmjaxError(f"{path} is a pickle-based weights file, which lmjax refuses to load (unpickling can run "
-                     "arbitrary code). Convert it to model.safetensors first, e.g. with transformers: "
-                     "model.save_pretrained(dir, safe_serialization=True).")
-
-
 def load_pretrained(model_dir: str | Path) -> tuple[BertConfig, dict[tuple, np.ndarray]]:
   """Reads a Hugging Face BERT directory into {lmjax path: array}.
 
@@ -160,29 +145,6 @@ def load_pretrained(model_dir: str | Path) -> tuple[BertConfig, dict[tuple, np.n
   return cfg, out
 
 
-def _convert(x: np.ndarray, fn, cfg) -> np.ndarray:
-  x = np.asarray(x, np.float32)
-  return np.ascontiguousarray(fn(x, cfg) if fn else x)
-
-
-def merge_into(params: dict, loaded: dict[tuple, np.ndarray]) -> dict:
-  """Copies loaded arrays into a nested param dict, checking every shape."""
-  for path, value in loaded.items():
-    node = params
-    for key in path[:-1]:
-      if key not in node:
-        raise LmjaxError(f"lmjax model has no parameter {'/'.join(map(str, path))}.")
-      node = node[key]
-    old = node.get(path[-1]) if isinstance(node, dict) else None
-    if old is None:
-      raise LmjaxError(f"lmjax model has no parameter {'/'.join(map(str, path))}.")
-    if tuple(old.shape) != tuple(value.shape):
-      raise LmjaxError(f"Shape mismatch for {'/'.join(map(str, path))}: checkpoint {tuple(value.shape)}, "
-                       f"model {tuple(old.shape)}.")
-    node[path[-1]] = value
-  return params
-
-
 def save_pretrained(model_dir: str | Path, cfg: BertConfig, params: dict) -> Path:
   """Writes a BertForPreTraining directory (config.json + model.safetensors)."""
   from safetensors.numpy import save_file  # noqa: PLC0415
@@ -203,11 +165,3 @@ def save_pretrained(model_dir: str | Path, cfg: BertConfig, params: dict) -> Pat
             metadata={"format": "pt"})
   (root / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
   return root
-
-
-def _get(params: dict, path: tuple, fn, cfg) -> np.ndarray:
-  node = params
-  for key in path:
-    node = node[key]
-  x = np.asarray(node, np.float32)
-  return fn(x, cfg) if fn else x

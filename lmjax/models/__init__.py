@@ -8,11 +8,12 @@ model class ("pretraining", "classification", ...).
 
 from __future__ import annotations
 
-from lmjax.models import bert
+from lmjax.models import bert, gpt
 
 FAMILIES = {
     "bert": (bert.BertConfig, {"pretraining": bert.BertForPreTraining,
                                "classification": bert.BertForSequenceClassification}),
+    "gpt": (gpt.GptConfig, {"pretraining": gpt.GptForCausalLM}),
 }
 
 

@@ -1,0 +1,281 @@
+"""Decoder-only Transformer language models: GPT-2 and Llama-style, one family.
+
+Follows Radford et al. 2019, "Language Models are Unsupervised Multitask
+Learners" (GPT-2: pre-LN LayerNorm, learned absolute positions, tanh-GELU
+MLP, biases, output tied to the token embeddings, residual projections
+initialised with std / sqrt(2 x layers)) and Touvron et al. 2023, "LLaMA"
+(RMSNorm, rotary positions of Su et al. 2021, SwiGLU MLP of Shazeer 2020, no
+biases, untied output) with grouped-query attention (Ainslie et al. 2023,
+`num_kv_heads` < `num_heads`). The two are switches of one config, not two
+model files:
+
+    from lmjax.models.gpt import GptConfig, GptForCausalLM
+    model = GptForCausalLM(GptConfig.preset("llama-tiny"), rngs=nnx.Rngs(0))
+    logits_btv = model(ids_bt)                        # training / scoring
+    cache = init_cache(cfg, batch=4, length=256)      # generation
+    logits_btv, cache = model.decode(ids_bt, positions_bt, cache)
+
+Packed rows (several documents per row) pass `segment_ids` (1, 2, ... per
+document, 0 for padding) and per-document `positions`: attention never
+crosses a document boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmjax import layers as L
+from lmjax.errors import LmjaxError
+
+Array = jax.Array
+
+# Presets: name -> fields. gpt2 / gpt2-medium are OpenAI's sizes; the llama
+# sizes are small Llama-architecture models (llama-1b is TinyLlama-1.1B's
+# shape: 22 layers, hidden 2048, 32 heads sharing 4 kv heads).
+_GPT2 = dict(position="learned", norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True, norm_eps=1e-5)
+_LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=False, norm_eps=1e-5,
+              dropout_rate=0.0, attention_dropout_rate=0.0)
+PRESETS = {
+    "tiny": dict(_GPT2, hidden_size=128, num_layers=2, num_heads=2, mlp_dim=512, max_position_embeddings=256),
+    "gpt2": dict(_GPT2, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    "gpt2-medium": dict(_GPT2, hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+    "llama-tiny": dict(_LLAMA, vocab_size=32000, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                       mlp_dim=352, max_position_embeddings=256),
+    "llama-100m": dict(_LLAMA, vocab_size=32000, hidden_size=768, num_layers=10, num_heads=12, num_kv_heads=4,
+                       mlp_dim=2048, max_position_embeddings=2048),
+    "llama-1b": dict(_LLAMA, vocab_size=32000, hidden_size=2048, num_layers=22, num_heads=32, num_kv_heads=4,
+                     mlp_dim=5632, max_position_embeddings=2048),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GptConfig:
+  vocab_size: int = 50257  # GPT-2's byte-level BPE; runs here use their own sentencepiece size
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  # Key/value heads shared by groups of query heads; 0 = num_heads (plain
+  # multi-head attention). Fewer kv heads shrink the generation cache.
+  num_kv_heads: int = 0
+  mlp_dim: int = 3072
+  max_position_embeddings: int = 1024  # the context window
+  position: str = "learned"  # "learned" table (GPT-2) or "rope" (Llama)
+  rope_theta: float = 10000.0
+  norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
+  norm_eps: float = 1e-5
+  mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu" (Llama; mlp_dim is the gate width)
+  use_bias: bool = True  # biases in attention and MLP projections
+  tie_embeddings: bool = True  # output projection = token embedding table
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  init_std: float = 0.02
+  dtype: str = "float32"  # compute dtype; parameters stay float32
+
+  def __post_init__(self):
+    choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise LmjaxError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(allowed)}.")
+    if self.hidden_size % self.num_heads:
+      raise LmjaxError(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}.")
+    if self.num_heads % self.kv_heads:
+      raise LmjaxError(f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.num_kv_heads}: "
+                       "each key/value head serves a whole group of query heads. Choose a divisor of num_heads.")
+    if self.position == "rope" and self.head_dim % 2:
+      raise LmjaxError(f"Rotary positions need an even head width; hidden_size / num_heads = {self.head_dim}.")
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> GptConfig:
+    if name not in PRESETS:
+      raise LmjaxError(f"unknown decoder preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return cls(**{**PRESETS[name], **overrides})
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+    """Matmul FLOPs per token (x3 for forward + backward when training).
+
+    Q and output projections (2 x 2 D^2), K and V (2 x 2 D K H), attention
+    scores and values with the causal half (2 x 2 x T D / 2), the MLP (two
+    matrices, three for SwiGLU), and the vocabulary projection at every
+    position.
+    """
+    d, t, f, v = self.hidden_size, seq_len, self.mlp_dim, self.vocab_size
+    kv = self.kv_heads * self.head_dim
+    mlp_mats = 3 if self.mlp == "swiglu" else 2
+    per_layer = 2 * 2 * d * d + 2 * 2 * d * kv + 2 * 2 * t * d / 2 + 2 * mlp_mats * d * f
+    forward = self.num_layers * per_layer + 2 * d * v
+    return 3 * forward if training else forward
+
+
+def _norm(cfg: GptConfig, rngs: nnx.Rngs) -> nnx.Module:
+  cls = L.LayerNorm if cfg.norm == "layernorm" else L.RMSNorm
+  return cls(cfg.hidden_size, cfg.norm_eps, rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Causal self-attention with grouped kv heads, optional RoPE and a KV cache."""
+
+  def __init__(self, cfg: GptConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    init, out_init = L.normal(cfg.init_std), L.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))
+    self.q_dnh = L.param(rngs, init, (d, n, h), ("embed", "heads", "kv"))
+    self.k_dkh = L.param(rngs, init, (d, k, h), ("embed", "kv_heads", "kv"))
+    self.v_dkh = L.param(rngs, init, (d, k, h), ("embed", "kv_heads", "kv"))
+    self.out_nhd = L.param(rngs, out_init, (n, h, d), ("heads", "kv", "embed"))
+    if cfg.use_bias:
+      self.q_bias = L.param(rngs, L.zeros, (n, h), ("heads", "kv"))
+      self.k_bias = L.param(rngs, L.zeros, (k, h), ("kv_heads", "kv"))
+      self.v_bias = L.param(rngs, L.zeros, (k, h), ("kv_heads", "kv"))
+      self.out_bias = L.param(rngs, L.zeros, (d,), ("norm",))
+    else:
+      self.q_bias = self.k_bias = self.v_bias = self.out_bias = None
+
+  def _project(self, x_btd, w, b, eq):
+    y = jnp.einsum(eq, x_btd, w[...].astype(x_btd.dtype))
+    return y if b is None else y + b[...].astype(x_btd.dtype)
+
+  def __call__(self, x_btd: Array, positions_bt: Array, bias_bts: Array, cache: dict | None,
+               rng: Array | None) -> tuple[Array, dict | None]:
+    """Without a cache, keys are the T inputs themselves. With one ({"k", "v"}:
+    [B, S, K, H]), the new keys and values are written at `positions` (each
+    row's own offset) and the queries attend over all S slots; `bias` masks
+    the slots not yet written."""
+    cfg = self.cfg
+    q_btnh = self._project(x_btd, self.q_dnh, self.q_bias, "BTD,DNH->BTNH")
+    k_btkh = self._project(x_btd, self.k_dkh, self.k_bias, "BTD,DKH->BTKH")
+    v_btkh = self._project(x_btd, self.v_dkh, self.v_bias, "BTD,DKH->BTKH")
+    if cfg.position == "rope":
+      q_btnh = L.rope(q_btnh, positions_bt, cfg.rope_theta)
+      k_btkh = L.rope(k_btkh, positions_bt, cfg.rope_theta)
+    q_btnh = q_btnh * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q_btnh.dtype)
+    if cache is None:
+      k_bskh, v_bskh = k_btkh, v_btkh
+    else:
+      write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (i, 0, 0)))
+      k_bskh = write(cache["k"], k_btkh, positions_bt[:, 0])
+      v_bskh = write(cache["v"], v_btkh, positions_bt[:, 0])
+      cache = {"k": k_bskh, "v": v_bskh}
+    out_btnh = L.grouped_attention(q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), bias_bts,
+                                   dropout_rate=cfg.attention_dropout_rate, rng=rng)
+    y_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.out_nhd[...].astype(x_btd.dtype))
+    if self.out_bias is not None:
+      y_btd = y_btd + self.out_bias[...].astype(x_btd.dtype)
+    return y_btd, cache
+
+
+class Mlp(nnx.Module):
+  """GPT-2: D -> F, tanh-GELU, F -> D.  Llama (SwiGLU): (silu(x W_gate) * x W_up) W_down."""
+
+  def __init__(self, cfg: GptConfig, *, rngs: nnx.Rngs):
+    d, f, std = cfg.hidden_size, cfg.mlp_dim, cfg.init_std
+    self.swiglu = cfg.mlp == "swiglu"
+    out_std = std / math.sqrt(2 * cfg.num_layers)
+    self.gate = L.Dense(d, f, ("embed", "mlp"), init_std=std, use_bias=cfg.use_bias, rngs=rngs) if self.swiglu else None
+    self.up = L.Dense(d, f, ("embed", "mlp"), init_std=std, use_bias=cfg.use_bias, rngs=rngs)
+    self.down = L.Dense(f, d, ("mlp", "embed"), init_std=out_std, use_bias=cfg.use_bias, rngs=rngs)
+
+  def __call__(self, x_btd: Array) -> Array:
+    if self.swiglu:
+      return self.down(jax.nn.silu(self.gate(x_btd)) * self.up(x_btd))
+    return self.down(jax.nn.gelu(self.up(x_btd), approximate=True))
+
+
+class Block(nnx.Module):
+  """Pre-LN decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: GptConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.attention_norm = _norm(cfg, rngs)
+    self.attention = Attention(cfg, rngs=rngs)
+    self.mlp_norm = _norm(cfg, rngs)
+    self.mlp = Mlp(cfg, rngs=rngs)
+
+  def __call__(self, x_btd, positions_bt, bias_bts, cache, rng):
+    r_attn, r1, r2 = L.split_rng(rng, 3)
+    p = self.cfg.dropout_rate
+    h_btd, cache = self.attention(self.attention_norm(x_btd), positions_bt, bias_bts, cache, r_attn)
+    x_btd = x_btd + L.dropout(h_btd, p, r1)
+    x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd)), p, r2)
+    return L.shard(x_btd, L.ACT_BTD), cache
+
+
+class GptForCausalLM(nnx.Module):
+  """Token embeddings -> decoder blocks -> final norm -> vocabulary logits."""
+
+  def __init__(self, cfg: GptConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = L.Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), init_std=cfg.init_std, rngs=rngs)
+    self.position = (L.Embed(cfg.max_position_embeddings, cfg.hidden_size, ("position", "embed"),
+                             init_std=cfg.init_std / 2, rngs=rngs) if cfg.position == "learned" else None)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = _norm(cfg, rngs)
+    self.lm_head = (None if cfg.tie_embeddings else
+                    L.param(rngs, L.normal(cfg.init_std), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab")))
+
+  def _forward(self, ids_bt, positions_bt, bias_bts, caches, rng):
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    rngs = L.split_rng(rng, cfg.num_layers + 1)
+    x_btd = self.embed(ids_bt, dt)
+    if self.position is not None:
+      x_btd = x_btd + self.position(positions_bt, dt)
+    x_btd = L.shard(L.dropout(x_btd, cfg.dropout_rate, rngs[0]), L.ACT_BTD)
+    new_caches = []
+    for i, layer in enumerate(self.layers):
+      x_btd, c = layer(x_btd, positions_bt, bias_bts, None if caches is None else caches[i], rngs[i + 1])
+      new_caches.append(c)
+    x_btd = self.final_norm(x_btd)
+    if self.lm_head is None:
+      logits_btv = self.embed.attend(x_btd)
+    else:
+      logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(dt))
+    return logits_btv.astype(jnp.float32), (None if caches is None else new_caches)
+
+  def __call__(self, ids_bt: Array, positions_bt: Array | None = None, segment_ids_bt: Array | None = None, *,
+               rng: Array | None = None) -> Array:
+    """Logits [B, T, V] (float32) for every position.
+
+    positions: int [B, T] (default 0..T-1); segment_ids: int [B, T], 1, 2, ...
+    per packed document and 0 for padding (default: one document per row).
+    """
+    b, t = ids_bt.shape
+    if positions_bt is None:
+      positions_bt = jnp.broadcast_to(jnp.arange(t), (b, t))
+    idx = jnp.arange(t)
+    allowed_bts = jnp.broadcast_to(idx[:, None] >= idx[None, :], (b, t, t))
+    if segment_ids_bt is not None:
+      allowed_bts = allowed_bts & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
+    logits_btv, _ = self._forward(ids_bt, positions_bt, L.mask_to_bias(allowed_bts), None, rng)
+    return logits_btv
+
+  def decode(self, ids_bt: Array, positions_bt: Array, cache: list[dict]) -> tuple[Array, list[dict]]:
+    """Incremental forward: tokens at `positions` (consecutive per row) are
+    written into the cache and attend to every slot up to their own position.
+
+    Prefill passes whole (right-padded) prompts at positions 0..T-1; each
+    decoding step passes one token per row at that row's next position.
+    Returns (logits [B, T, V] float32, the updated cache).
+    """
+    s = cache[0]["k"].shape[1]
+    allowed_bts = jnp.arange(s)[None, None, :] <= positions_bt[:, :, None]
+    return self._forward(ids_bt, positions_bt, L.mask_to_bias(allowed_bts), cache, None)
+
+
+def init_cache(cfg: GptConfig, batch: int, length: int, dtype=None) -> list[dict]:
+  """Zeroed key/value cache, one {"k", "v"}: [B, S, K, H] per layer."""
+  dt = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, length, cfg.kv_heads, cfg.head_dim)
+  return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.num_layers)]
