@@ -95,18 +95,30 @@ def synthetic_batch(cfg, objective, rng) -> dict:
       "type_ids": (np.arange(t)[None, :] >= t // 2).astype(np.int32).repeat(b, 0),
       "input_mask": np.ones((b, t), np.int32),
   }
-  if objective.task == "pretraining":
+  if objective.name in ("mlm_nsp", "mlm"):
     p = cfg.data.max_predictions_per_seq
     batch["masked_positions"] = np.sort(rng.choice(np.arange(1, t), (b, p)), axis=1).astype(np.int32)
     batch["masked_ids"] = rng.integers(5, v, (b, p), dtype=np.int32)
     batch["masked_weights"] = np.ones((b, p), np.float32)
     batch["nsp_label"] = rng.integers(0, 2, (b,), dtype=np.int32)
+  elif objective.name == "causal_lm":
+    batch["target_ids"] = rng.integers(5, v, (b, t), dtype=np.int32)
+    batch["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+    batch["segment_ids"] = np.ones((b, t), np.int32)
+    batch["target_weights"] = np.ones((b, t), np.float32)
   elif objective.task == "classification":
     batch["label"] = rng.integers(0, cfg.model.num_labels, (b,), dtype=np.int32)
     batch["weight"] = np.ones((b,), np.float32)
   else:
     raise LmjaxError(f"lmjax.bench has no synthetic batch for the {objective.task!r} task yet.")
   return {k: batch[k] for k in objective.batch_keys}
+
+
+def model_flops_per_token(cfg, objective, training: bool) -> float:
+  if objective.family == "gpt":
+    return cfg.model.flops_per_token(cfg.data.max_seq_len, training=training)
+  predictions = cfg.data.max_predictions_per_seq if objective.task == "pretraining" else 0
+  return cfg.model.flops_per_token(cfg.data.max_seq_len, predictions, training=training)
 
 
 def _resolve(cfg):
@@ -161,8 +173,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
         times.append(time.perf_counter() - t)
   tokens = cfg.train.batch_size * cfg.data.max_seq_len
   step_time = statistics.median(times)
-  predictions = cfg.data.max_predictions_per_seq if objective.task == "pretraining" else 0
-  flops_per_token = cfg.model.flops_per_token(cfg.data.max_seq_len, predictions, training=mode == "train")
+  flops_per_token = model_flops_per_token(cfg, objective, training=mode == "train")
   n_dev = mesh.devices.size
   peak, peak_source = device_peak(jax.devices()[0], cfg.model.dtype)
   # CPU "devices" of one process share the host's cores: the measured peak is

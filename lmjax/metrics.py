@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-_SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "f1", "learning_rate",
+_SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "perplexity", "f1", "learning_rate",
           "tokens_per_sec")
 
 

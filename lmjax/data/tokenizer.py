@@ -52,6 +52,9 @@ class Tokenizer:
     return cls(sp, path)
 
   pad_id, cls_id, sep_id = PAD, CLS, SEP
+  # lmjax's sentencepiece models have no separate end-of-text piece: [SEP]
+  # closes every document in causal-LM packing, so generation stops on it.
+  eos_id = SEP
 
   @property
   def vocab_size(self) -> int:
@@ -109,27 +112,73 @@ def for_run(workdir: Path, cache_path: Path, sentences_fn, vocab_size: int, *, s
 
 
 @dataclasses.dataclass
-class WordPiece:
+class HfTokenizer:
   """A Hugging Face tokenizer (`tokenizer.json`, read by the `tokenizers`
-  library), used without its own truncation, padding or special tokens:
-  lmjax adds [CLS]/[SEP] and truncates, the same way for every tokenizer."""
+  library: GPT-2's byte-level BPE, Llama's, BERT's WordPiece), used without
+  its own truncation, padding or special tokens: lmjax adds those itself."""
   tok: object  # tokenizers.Tokenizer
   path: Path
 
+  # End-of-text tokens by convention, in the order they are looked for.
+  EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
+
   @classmethod
-  def load(cls, path: Path) -> WordPiece:
-    from tokenizers import Tokenizer as HfTokenizer  # noqa: PLC0415
+  def load(cls, path: Path):
+    from tokenizers import Tokenizer as _Tokenizers  # noqa: PLC0415
 
     path = Path(path)
     try:
-      tok = HfTokenizer.from_file(str(path))
+      tok = _Tokenizers.from_file(str(path))
     except Exception as e:  # noqa: BLE001  (tokenizers raises plain Exception)
       raise LmjaxError(f"{path} is not a Hugging Face tokenizer.json ({e}).") from None
     tok.no_truncation()
     tok.no_padding()
-    out = cls(tok, path)
+    return cls(tok, path)
+
+  @classmethod
+  def from_bpe_files(cls, vocab_json: Path, merges_txt: Path, out_path: Path | None = None):
+    """GPT-2's byte-level BPE from vocab.json + merges.txt (saved as tokenizer.json at out_path, if given)."""
+    from tokenizers import ByteLevelBPETokenizer  # noqa: PLC0415
+    from tokenizers import Tokenizer as _Tokenizers  # noqa: PLC0415
+
+    try:
+      bpe = ByteLevelBPETokenizer(str(vocab_json), str(merges_txt), add_prefix_space=False)
+    except Exception as e:  # noqa: BLE001
+      raise LmjaxError(f"{vocab_json} / {merges_txt} are not a byte-level BPE vocabulary ({e}).") from None
+    if bpe.token_to_id("<|endoftext|>") is not None:  # GPT-2's one special token, as transformers treats it
+      bpe.add_special_tokens(["<|endoftext|>"])
+    if out_path is None:
+      return cls(_Tokenizers.from_str(bpe.to_str()), Path(vocab_json))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(out_path))
+    return cls.load(out_path)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tok.get_vocab_size()
+
+  @property
+  def eos_id(self) -> int | None:
+    for name in self.EOS_TOKENS:
+      if self.tok.token_to_id(name) is not None:
+        return self.tok.token_to_id(name)
+    return None
+
+  def encode(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids) -> str:
+    return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class WordPiece(HfTokenizer):
+  """BERT's WordPiece tokenizer; classification needs its [PAD], [CLS] and [SEP]."""
+
+  @classmethod
+  def load(cls, path: Path) -> WordPiece:
+    out = super().load(path)
     for name in ("[PAD]", "[CLS]", "[SEP]"):
-      if tok.token_to_id(name) is None:
+      if out.tok.token_to_id(name) is None:
         raise LmjaxError(f"{path} has no {name} token; lmjax classification needs BERT's special tokens.")
     return out
 
@@ -155,25 +204,20 @@ class WordPiece:
   def sep_id(self) -> int:
     return self.tok.token_to_id("[SEP]")
 
-  @property
-  def vocab_size(self) -> int:
-    return self.tok.get_vocab_size()
-
-  def encode(self, texts: list[str]) -> list[list[int]]:
-    return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
-
-  def decode(self, ids) -> str:
-    return self.tok.decode([int(i) for i in ids])
-
 
 RUN_FILES = ("tokenizer.model", "tokenizer.json")
 
 
-def load_for_run(workdir: Path) -> Tokenizer | WordPiece:
-  """The tokenizer a run keeps in its workdir, whichever kind it is."""
+def load_for_run(workdir: Path) -> Tokenizer | HfTokenizer:
+  """The tokenizer a run (or a Hugging Face model directory) keeps, whichever kind it is."""
   workdir = Path(workdir)
-  if (workdir / "tokenizer.model").exists():
+  if (workdir / "tokenizer.model").exists() and not (workdir / "tokenizer.json").exists():
     return Tokenizer.load(workdir / "tokenizer.model")
   if (workdir / "tokenizer.json").exists():
-    return WordPiece.load(workdir / "tokenizer.json")
+    tok = HfTokenizer.load(workdir / "tokenizer.json")
+    if tok.tok.token_to_id("[CLS]") is not None and tok.tok.token_to_id("[SEP]") is not None:
+      return WordPiece.load(workdir / "tokenizer.json")
+    return tok
+  if (workdir / "vocab.json").exists() and (workdir / "merges.txt").exists():  # a GPT-2 directory
+    return HfTokenizer.from_bpe_files(workdir / "vocab.json", workdir / "merges.txt")
   raise LmjaxError(f"{workdir} has no tokenizer ({' or '.join(RUN_FILES)}); is it an lmjax run directory?")
