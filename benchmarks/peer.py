@@ -1,13 +1,16 @@
 """lmjax vs Hugging Face transformers (PyTorch), side by side on this machine.
 
   python benchmarks/peer.py --model bert-base --seq 128 --batch 8 --steps 5 --rounds 3
+  python benchmarks/peer.py --model gpt2 --seq 512 --batch 2 --steps 5 --rounds 3
 
 Each round runs one timing of each side, each in its own fresh Python
 process started from this one (so neither inherits the other's threads or
 caches), alternating lmjax / PyTorch so that load from elsewhere on a shared
 machine hits both. Both sides time the same thing: a full training step
 (forward, backward, gradient clipping, AdamW) of the same model size,
-sequence length, batch and precision (float32) on random tokens, the median
+sequence length, batch and precision (float32) on random tokens
+(`BertForPreTraining` with MLM + NSP, or `GPT2LMHeadModel` with the causal-LM
+loss at every position; dropout 0.1 on both sides), the median
 of --steps timed steps after 2 warm-up steps. Prints each round and a final
 JSON line with the medians and the ratio lmjax / PyTorch (tokens/s).
 
@@ -32,6 +35,8 @@ MODELS = {
     "bert-tiny": (2, 128, 2, 512, 30522, 512),
     "bert-mini": (4, 256, 4, 1024, 30522, 512),
     "bert-base": (12, 768, 12, 3072, 30522, 512),
+    "gpt2-mini": (4, 256, 4, 1024, 50257, 1024),
+    "gpt2": (12, 768, 12, 3072, 50257, 1024),  # GPT-2 small, 124M
 }
 
 
@@ -43,6 +48,8 @@ def torch_side(model: str, seq: int, batch: int, steps: int, warmup: int, predic
     raise SystemExit("error: the PyTorch side needs torch and transformers: pip install -e \".[bench]\"") from None
   layers, hidden, heads, mlp, vocab, positions = MODELS[model]
   torch.manual_seed(0)
+  if model.startswith("gpt2"):
+    return _torch_gpt2(torch, transformers, model, seq, batch, steps, warmup)
   cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                 num_attention_heads=heads, intermediate_size=mlp, max_position_embeddings=positions,
                                 hidden_act="gelu")
@@ -72,12 +79,49 @@ def torch_side(model: str, seq: int, batch: int, steps: int, warmup: int, predic
           "threads": torch.get_num_threads(), "step_time_s": step, "tokens_per_sec": batch * seq / step}
 
 
+def _timed(torch, net, opt, loss_fn, steps, warmup):
+  times = []
+  for i in range(warmup + steps):
+    t = time.perf_counter()
+    loss_fn().backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if i >= warmup:
+      times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def _torch_gpt2(torch, transformers, model, seq, batch, steps, warmup):
+  layers, hidden, heads, mlp, vocab, positions = MODELS[model]
+  cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=mlp,
+                                n_positions=positions)
+  net = transformers.GPT2LMHeadModel(cfg)
+  net.train()
+  opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+  ids = torch.randint(5, vocab, (batch, seq))
+  step = _timed(torch, net, opt, lambda: net(input_ids=ids, labels=ids).loss, steps, warmup)
+  return {"side": "pytorch", "torch": torch.__version__, "transformers": transformers.__version__,
+          "threads": torch.get_num_threads(), "step_time_s": step, "tokens_per_sec": batch * seq / step}
+
+
 def lmjax_side(model: str, seq: int, batch: int, steps: int, warmup: int, predictions: int) -> dict:
   from lmjax import bench
   from lmjax.config import Config, DataConfig, MeshConfig, TrainConfig
   from lmjax.models.bert import BertConfig
 
   layers, hidden, heads, mlp, vocab, positions = MODELS[model]
+  if model.startswith("gpt2"):
+    from lmjax.models.gpt import GptConfig
+    cfg = Config(
+        model=GptConfig.preset("gpt2", vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                               mlp_dim=mlp, max_position_embeddings=positions),
+        data=DataConfig(max_seq_len=seq),
+        train=TrainConfig(objective="causal_lm", batch_size=batch, learning_rate=1e-4, eps=1e-6, weight_decay=0.01,
+                          max_grad_norm=1.0),
+        mesh=MeshConfig(data=-1))
+    out = bench.run(cfg, steps=steps, warmup=warmup)
+    return {"side": "lmjax", **{k: out[k] for k in ("step_time_s", "tokens_per_sec", "mfu", "compile_time_s")}}
   cfg = Config(
       model=BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads, mlp_dim=mlp,
                        max_position_embeddings=positions),

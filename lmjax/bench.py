@@ -2,6 +2,7 @@
 
   python -m lmjax.bench --config configs/bert_base_pretrain.py --set train.batch_size=8 --steps 10 --warmup 2
   python -m lmjax.bench --config configs/minilm_sentiment.py --eval
+  python -m lmjax.bench --config configs/gpt_tiny_shakespeare.py --generate --prompt-len 64 --new-tokens 64
 
 Synthetic token batches of the recipe's shapes are built once and fed to the
 same step `train.py` runs (same shardings, donated state), so no data loading
@@ -17,6 +18,13 @@ The peak is the device's published dense peak for its dtype when the device
 kind is in the table below; on a CPU it is the best matmul rate measured in the
 same process (so MFU reads "share of what this machine's matmul reaches").
 An unknown accelerator gets `"mfu": null` rather than an invented peak.
+
+--generate (decoder recipes) times batched decoding instead: train.batch_size
+random prompts of --prompt-len tokens, --new-tokens greedy steps each, with
+the KV cache and with full recomputation per token, after one untimed run of
+each (compilation). Prints prefill time, decode tokens/s of both and their
+ratio; weights are the recipe's random initialisation (speed does not depend
+on them).
 """
 
 from __future__ import annotations
@@ -198,6 +206,49 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   }
 
 
+def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int = 0) -> dict:
+  """Decode throughput with and without the KV cache (see the module docstring)."""
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from lmjax import models  # noqa: PLC0415
+  from lmjax.generate import Generator, Sampling  # noqa: PLC0415
+
+  cfg = _resolve(cfg)
+  if models.family_of(cfg.model) != "gpt":
+    raise LmjaxError("--generate needs a decoder (gpt) recipe, e.g. configs/gpt_tiny_shakespeare.py.")
+  m = cfg.model
+  if prompt_len < 1 or new_tokens < 1 or prompt_len + new_tokens > m.max_position_embeddings:
+    raise LmjaxError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} must be positive and fit the context "
+                     f"window (model.max_position_embeddings={m.max_position_embeddings}).")
+  model_cls = models.model_class(m)
+  params = nnx.to_pure_dict(nnx.split(model_cls(m, rngs=nnx.Rngs(seed)))[1])
+  gen = Generator(m, params)
+  b = cfg.train.batch_size
+  prompts = np.random.default_rng(seed).integers(5, m.vocab_size, (b, prompt_len)).tolist()
+  greedy = Sampling(max_new_tokens=new_tokens, temperature=0.0)
+  out = {"config": None, "mode": "generate", "family": type(m).__name__, "batch_size": b, "prompt_len": prompt_len,
+         "new_tokens": new_tokens, "dtype": m.dtype, "device_kind": jax.devices()[0].device_kind,
+         "platform": jax.devices()[0].platform}
+  for name, use_cache in (("cache", True), ("no_cache", False)):
+    gen.generate(prompts, greedy, use_cache=use_cache)  # compiles
+    r = gen.generate(prompts, greedy, use_cache=use_cache)
+    out[f"{name}_prefill_s"] = r.prefill_s
+    out[f"{name}_decode_s"] = r.decode_s
+    out[f"{name}_tokens_per_sec"] = b * r.steps / r.decode_s
+  out["cache_speedup"] = out["cache_tokens_per_sec"] / out["no_cache_tokens_per_sec"]
+  # Forward FLOPs of one decoded token at the mean context (prompt + half the new tokens);
+  # flops_per_token(T) charges attention over T / 2 keys, hence 2x the context.
+  context = prompt_len + new_tokens / 2
+  flops = m.flops_per_token(int(2 * context), training=False)
+  peak, peak_source = device_peak(jax.devices()[0], m.dtype)
+  out["decode_flops_per_token"] = flops
+  out["peak_flops"], out["peak_source"] = peak, peak_source
+  out["decode_mfu"] = flops * out["cache_tokens_per_sec"] / peak if peak else None
+  return out
+
+
 def _peak_memory(compiled) -> tuple[int | None, str]:
   import jax  # noqa: PLC0415
 
@@ -220,11 +271,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   parser.add_argument("--eval", action="store_true", help="time the evaluation (forward) step instead")
+  parser.add_argument("--generate", action="store_true", help="time batched decoding, with and without the KV cache")
+  parser.add_argument("--prompt-len", type=int, default=64, help="--generate: prompt tokens per row")
+  parser.add_argument("--new-tokens", type=int, default=64, help="--generate: tokens generated per row")
   args = parser.parse_args(argv)
   try:
     from lmjax import config as config_lib  # noqa: PLC0415
     cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
-    result = run(cfg, steps=args.steps, warmup=args.warmup, mode="eval" if args.eval else "train")
+    if args.generate:
+      result = run_generate(cfg, prompt_len=args.prompt_len, new_tokens=args.new_tokens)
+    else:
+      result = run(cfg, steps=args.steps, warmup=args.warmup, mode="eval" if args.eval else "train")
     result["config"] = args.config
     print(json.dumps(result, indent=1))
   except LmjaxError as e:

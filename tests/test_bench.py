@@ -74,3 +74,25 @@ def test_bench_cli_and_bad_input(tmp_path):
                        timeout=600)
   assert bad.returncode == 2 and "larger than the model's position table" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_decoder_flops_match_xla_and_generate_mode(tmp_path):
+  """Causal LM: XLA computes the whole T x T score matrix and masks half of it,
+  so its count matches the first-principles count plus the masked half."""
+  from lmjax.config import Config, DataConfig, MeshConfig, TrainConfig
+  from lmjax.models.gpt import GptConfig
+  model = GptConfig.preset("llama-tiny", vocab_size=4096, hidden_size=256, num_heads=4, num_kv_heads=2, mlp_dim=704,
+                           max_position_embeddings=128)
+  cfg = Config(model=model, data=DataConfig(max_seq_len=128), train=TrainConfig(objective="causal_lm", batch_size=8),
+               mesh=MeshConfig(data=1, fsdp=8, rules="fsdp"))
+  out = bench.run(cfg, steps=1, warmup=0)
+  masked_half = 3 * model.num_layers * 2 * 128 * 256  # scores + values over the other T/2 keys, x3
+  ratio = out["xla_flops_per_token"] / (out["model_flops_per_token"] + masked_half)
+  assert 0.98 < ratio < 1.07, (ratio, out)
+  assert out["xla_flops_per_token"] > out["model_flops_per_token"]
+
+  gen = bench.run_generate(replace(cfg, train=dict(batch_size=2)), prompt_len=8, new_tokens=8)
+  assert gen["cache_tokens_per_sec"] > 0 and gen["no_cache_tokens_per_sec"] > 0
+  assert gen["cache_speedup"] == pytest.approx(gen["cache_tokens_per_sec"] / gen["no_cache_tokens_per_sec"])
+  with pytest.raises(bench.LmjaxError, match="fit the context window"):
+    bench.run_generate(cfg, prompt_len=100, new_tokens=100)

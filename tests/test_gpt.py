@@ -313,3 +313,14 @@ def test_objective_and_family_must_match(tiny_cfg):
   with pytest.raises(LmjaxError, match="num_kv_heads=2 is not divisible by the mesh's tensor axis"):
     trainer.validate(replace(gpt, train=dict(objective="causal_lm"), mesh=dict(data=2, tensor=4)),
                      sh.make_mesh(2, 1, 4))
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("gpt2", 124_439_808),  # OpenAI GPT-2 small, tied output
+    ("gpt2-medium", 354_823_168),
+    ("llama-1b", 1_100_048_384),  # TinyLlama-1.1B
+])
+def test_presets_have_the_published_parameter_counts(preset, expected):
+  cfg = GptConfig.preset(preset)
+  abstract = nnx.eval_shape(lambda: GptForCausalLM(cfg, rngs=nnx.Rngs(0)))
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract))) == expected
