@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmjax.convert.common import Map, export_maps, load_maps, read_hf_dir
+from lmjax.convert.common import Map, export_maps, load_maps, merge_into, read_hf_dir  # noqa: F401  (merge_into re-exported)
 from lmjax.errors import LmjaxError
 from lmjax.models.gpt import GptConfig
 
