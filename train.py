@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmjax.errors import LmjaxError
+from lmjax.errors import cli
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="recipe file, e.g. configs/bert_tiny_pretrain.py[:ARG]")
@@ -24,16 +25,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config field, e.g. --set train.steps=40 (repeatable)")
   args = parser.parse_args(argv)
-  try:
-    from lmjax import config as config_lib  # noqa: PLC0415  (keep --help fast)
-    from lmjax import trainer  # noqa: PLC0415
-    cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
-    trainer.train(cfg, args.workdir)
-  except LmjaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    return 130
+  from lmjax import config as config_lib  # noqa: PLC0415  (keep --help fast)
+  from lmjax import trainer  # noqa: PLC0415
+  cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
+  trainer.train(cfg, args.workdir)
   return 0
 
 

@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 
-from lmjax.errors import LmjaxError
+from lmjax.errors import LmjaxError, cli
 
 # Dense peak FLOP/s per chip, (bfloat16, float32) from the vendors' data sheets
 # (float32 on NVIDIA = TF32 tensor cores, which XLA uses for f32 matmuls by default).
@@ -264,6 +264,7 @@ def _peak_memory(compiled) -> tuple[int | None, str]:
     return None, "unavailable on this backend"
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="recipe, e.g. configs/bert_base_pretrain.py[:ARG]")
@@ -275,18 +276,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--prompt-len", type=int, default=64, help="--generate: prompt tokens per row")
   parser.add_argument("--new-tokens", type=int, default=64, help="--generate: tokens generated per row")
   args = parser.parse_args(argv)
-  try:
-    from lmjax import config as config_lib  # noqa: PLC0415
-    cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
-    if args.generate:
-      result = run_generate(cfg, prompt_len=args.prompt_len, new_tokens=args.new_tokens)
-    else:
-      result = run(cfg, steps=args.steps, warmup=args.warmup, mode="eval" if args.eval else "train")
-    result["config"] = args.config
-    print(json.dumps(result, indent=1))
-  except LmjaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  from lmjax import config as config_lib  # noqa: PLC0415
+  cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
+  if args.generate:
+    result = run_generate(cfg, prompt_len=args.prompt_len, new_tokens=args.new_tokens)
+  else:
+    result = run(cfg, steps=args.steps, warmup=args.warmup, mode="eval" if args.eval else "train")
+  result["config"] = args.config
+  print(json.dumps(result, indent=1))
   return 0
 
 

@@ -9,3 +9,21 @@ everything else is a bug and keeps its traceback.
 
 class LmjaxError(Exception):
   """A problem with the user's input, configuration or files."""
+
+
+def cli(main):
+  """Wraps a command's main(argv) -> exit code: an LmjaxError becomes one
+  `error: ...` paragraph on stderr and exit code 2, Ctrl-C exit code 130."""
+  import functools  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  @functools.wraps(main)
+  def wrapped(argv: list[str] | None = None) -> int:
+    try:
+      return main(argv)
+    except LmjaxError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    except KeyboardInterrupt:
+      return 130
+  return wrapped

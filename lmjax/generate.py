@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from lmjax.errors import LmjaxError
+from lmjax.errors import LmjaxError, cli
 
 PROMPT_BUCKET = 64  # prompt lengths are padded up to a multiple of this (fewer compilations)
 
@@ -277,6 +277,7 @@ def _load_lmjax(root: Path, raw: dict, checkpoint: str):
   return cfg.model, jax.device_get(params), f"{root} (step {step})"
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="an lmjax causal-LM run or a Hugging Face GPT-2/Llama dir")
@@ -293,62 +294,58 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--truncate", action="store_true", help="cut prompts longer than the context window")
   parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
   args = parser.parse_args(argv)
-  try:
-    prompts = list(args.prompt)
-    if args.stdin:
-      prompts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not prompts:
-      raise LmjaxError("Nothing to continue: give --prompt TEXT (repeatable) or --stdin.")
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    sampling.check()  # before the (slow) model load
-    m = load(args.workdir, args.checkpoint)
-    tok = m.tokenizer
-    stop_ids = set()
-    if tok.eos_id is not None:
-      stop_ids.add(int(tok.eos_id))
-    for text in args.stop:
-      ids = tok.encode([text])[0]
-      if len(ids) != 1:
-        raise LmjaxError(f"--stop {text!r} is {len(ids)} tokens in this tokenizer; a stop must be one token.")
-      stop_ids.add(ids[0])
-    encoded = tok.encode(prompts)
-    gen = Generator(m.cfg, m.params)
-    print(f"lmjax: {m.source}, {len(prompts)} prompt(s)", file=sys.stderr, flush=True)
-    stream = len(prompts) == 1
-    shown = {"ids": [], "text": ""}
+  prompts = list(args.prompt)
+  if args.stdin:
+    prompts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
+  if not prompts:
+    raise LmjaxError("Nothing to continue: give --prompt TEXT (repeatable) or --stdin.")
+  sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+  sampling.check()  # before the (slow) model load
+  m = load(args.workdir, args.checkpoint)
+  tok = m.tokenizer
+  stop_ids = set()
+  if tok.eos_id is not None:
+    stop_ids.add(int(tok.eos_id))
+  for text in args.stop:
+    ids = tok.encode([text])[0]
+    if len(ids) != 1:
+      raise LmjaxError(f"--stop {text!r} is {len(ids)} tokens in this tokenizer; a stop must be one token.")
+    stop_ids.add(ids[0])
+  encoded = tok.encode(prompts)
+  gen = Generator(m.cfg, m.params)
+  print(f"lmjax: {m.source}, {len(prompts)} prompt(s)", file=sys.stderr, flush=True)
+  stream = len(prompts) == 1
+  shown = {"ids": [], "text": ""}
 
-    def continuation(prompt_ids, new_ids) -> str:
-      # Decoded together with the prompt: tokenizers drop a leading space at
-      # the start of a text, and a byte-level token may complete a character.
-      return tok.decode(list(prompt_ids) + list(new_ids))[len(tok.decode(prompt_ids)):]
+  def continuation(prompt_ids, new_ids) -> str:
+    # Decoded together with the prompt: tokenizers drop a leading space at
+    # the start of a text, and a byte-level token may complete a character.
+    return tok.decode(list(prompt_ids) + list(new_ids))[len(tok.decode(prompt_ids)):]
 
-    def on_step(tokens, alive):
-      if not stream or not alive[0] or int(tokens[0]) in stop_ids:
-        return
-      shown["ids"].append(int(tokens[0]))
-      text = continuation(encoded[0], shown["ids"])
-      if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
-        sys.stdout.write(text[len(shown["text"]):])
-        sys.stdout.flush()
-        shown["text"] = text
-
-    if stream:
-      sys.stdout.write(prompts[0])
+  def on_step(tokens, alive):
+    if not stream or not alive[0] or int(tokens[0]) in stop_ids:
+      return
+    shown["ids"].append(int(tokens[0]))
+    text = continuation(encoded[0], shown["ids"])
+    if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+      sys.stdout.write(text[len(shown["text"]):])
       sys.stdout.flush()
-    out = gen.generate(encoded, sampling, stop_ids=tuple(stop_ids), use_cache=not args.no_cache,
-                       truncate=args.truncate, on_step=on_step)
-    if stream:
-      print()
-    else:
-      for prompt, ids, new in zip(prompts, encoded, out.tokens):
-        print(f"{prompt}{continuation(ids, [t for t in new if t not in stop_ids])}\n")
-    n = sum(len(t) for t in out.tokens)
-    print(f"lmjax: {n} new tokens; prefill {out.prefill_s:.2f}s, decode {out.decode_s:.2f}s "
-          f"({out.steps / max(out.decode_s, 1e-9) * len(prompts):.1f} tokens/s incl. compilation)",
-          file=sys.stderr)
-  except LmjaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+      shown["text"] = text
+
+  if stream:
+    sys.stdout.write(prompts[0])
+    sys.stdout.flush()
+  out = gen.generate(encoded, sampling, stop_ids=tuple(stop_ids), use_cache=not args.no_cache,
+                     truncate=args.truncate, on_step=on_step)
+  if stream:
+    print()
+  else:
+    for prompt, ids, new in zip(prompts, encoded, out.tokens):
+      print(f"{prompt}{continuation(ids, [t for t in new if t not in stop_ids])}\n")
+  n = sum(len(t) for t in out.tokens)
+  print(f"lmjax: {n} new tokens; prefill {out.prefill_s:.2f}s, decode {out.decode_s:.2f}s "
+        f"({out.steps / max(out.decode_s, 1e-9) * len(prompts):.1f} tokens/s incl. compilation)",
+        file=sys.stderr)
   return 0
 
 

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from lmjax.errors import LmjaxError
+from lmjax.errors import LmjaxError, cli
 
 
 class Classifier:
@@ -90,6 +90,7 @@ class Classifier:
     return np.concatenate(out)[:len(texts)], enc.truncated
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a fine-tuning run directory")
@@ -98,29 +99,25 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--json", action="store_true", help="print one JSON object per input")
   parser.add_argument("texts", nargs="*", help="texts to classify (default: one per line from stdin)")
   args = parser.parse_args(argv)
-  try:
-    texts = args.texts if args.texts else [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts:
-      raise LmjaxError("Nothing to classify: give texts as arguments or lines on stdin.")
-    clf = Classifier(args.workdir, args.checkpoint, args.batch_size)
-    pairs = None
-    if clf.cfg.data.text_pair_column:
-      split = [t.split("\t", 1) for t in texts]
-      texts, pairs = [s[0] for s in split], [s[1] if len(s) > 1 else "" for s in split]
-    probs, truncated = clf.predict(texts, pairs)
-    if truncated:
-      print(f"lmjax: warning: {truncated} input(s) longer than {clf.cfg.data.max_seq_len} tokens were truncated",
-            file=sys.stderr)
-    for i, text in enumerate(texts):
-      k = int(probs[i].argmax())
-      if args.json:
-        print(json.dumps({"text": text, "label": clf.names[k], "probability": float(probs[i, k]),
-                          "probabilities": {n: float(p) for n, p in zip(clf.names, probs[i])}}))
-      else:
-        print(f"{clf.names[k]}\t{probs[i, k]:.4f}\t{text}")
-  except LmjaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  texts = args.texts if args.texts else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+  if not texts:
+    raise LmjaxError("Nothing to classify: give texts as arguments or lines on stdin.")
+  clf = Classifier(args.workdir, args.checkpoint, args.batch_size)
+  pairs = None
+  if clf.cfg.data.text_pair_column:
+    split = [t.split("\t", 1) for t in texts]
+    texts, pairs = [s[0] for s in split], [s[1] if len(s) > 1 else "" for s in split]
+  probs, truncated = clf.predict(texts, pairs)
+  if truncated:
+    print(f"lmjax: warning: {truncated} input(s) longer than {clf.cfg.data.max_seq_len} tokens were truncated",
+          file=sys.stderr)
+  for i, text in enumerate(texts):
+    k = int(probs[i].argmax())
+    if args.json:
+      print(json.dumps({"text": text, "label": clf.names[k], "probability": float(probs[i, k]),
+                        "probabilities": {n: float(p) for n, p in zip(clf.names, probs[i])}}))
+    else:
+      print(f"{clf.names[k]}\t{probs[i, k]:.4f}\t{text}")
   return 0
 
 

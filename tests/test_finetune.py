@@ -298,6 +298,7 @@ def test_tokenizer_files_load_for_run(tmp_path):
     tk.load_for_run(tmp_path)
 
 
+@pytest.mark.xdist_group("default_cache")
 @pytest.mark.slow
 def test_minilm_recipe_smoke_cli(tmp_path):
   """configs/minilm_sentiment.py:smoke through train.py: real weights, real data, a test report."""

@@ -265,6 +265,7 @@ def test_bad_generation_input(tmp_path):
       gen.generate([[5, 6]], Sampling(**bad))
 
 
+@pytest.mark.xdist_group("default_cache")
 def test_causal_lm_recipe_trains_reports_perplexity_and_generates(tmp_path, capsys):
   """The Shakespeare recipe (smoke size) through train.py, then python -m lmjax.generate on its workdir."""
   workdir = tmp_path / "run"

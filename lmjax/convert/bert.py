@@ -15,14 +15,17 @@ are refused: they can run arbitrary code when loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from lmjax.convert.common import _PICKLE_SUFFIXES, Map as _Map, check_not_pickle as _check_not_pickle
-from lmjax.convert.common import convert as _convert, get as _get, merge_into  # noqa: F401  (re-exported)
+from lmjax.convert.common import Map as _Map
+from lmjax.convert.common import check_not_pickle as _check_not_pickle  # noqa: F401  (used by lmjax.finetuning)
+from lmjax.convert.common import convert as _convert
+from lmjax.convert.common import get as _get
+from lmjax.convert.common import load_maps, read_hf_dir
+from lmjax.convert.common import merge_into  # noqa: F401  (re-exported)
 from lmjax.errors import LmjaxError
 from lmjax.models.bert import BertConfig
 
@@ -114,31 +117,12 @@ def load_pretrained(model_dir: str | Path) -> tuple[BertConfig, dict[tuple, np.n
   Paths are relative to BertForPreTraining: ("bert", "layers", 0, ...) for the
   encoder, ("mlm_transform", ...) etc. for the heads when the file has them.
   """
-  from safetensors.numpy import load_file  # noqa: PLC0415
-
-  root = Path(model_dir).expanduser()
-  if root.is_file():
-    _check_not_pickle(root)
-    raise LmjaxError(f"{root} is a file; pass the model directory holding config.json and model.safetensors.")
-  if not root.is_dir():
-    raise LmjaxError(f"Hugging Face model directory {root} does not exist.")
-  weights = root / "model.safetensors"
-  if not weights.exists():
-    pickled = sorted(p for p in root.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-    if pickled:
-      _check_not_pickle(pickled[0])
-    raise LmjaxError(f"{root} has no model.safetensors.")
-  if not (root / "config.json").exists():
-    raise LmjaxError(f"{root} has no config.json.")
-  cfg = config_from_hf(json.loads((root / "config.json").read_text()))
-  tensors = load_file(str(weights))
+  root, hf, tensors = read_hf_dir(model_dir)
+  cfg = config_from_hf(hf)
   prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
-  out = {}
-  for m in _encoder_maps(cfg):
-    name = prefix + m.hf
-    if name not in tensors:
-      raise LmjaxError(f"{weights} is missing tensor {name!r} (expected for a {cfg.num_layers}-layer BERT).")
-    out[("bert",) + m.path] = _convert(tensors[name], m.to_lmjax, cfg)
+  encoder = load_maps(_encoder_maps(cfg), tensors, cfg, prefix, root / "model.safetensors",
+                      f"a {cfg.num_layers}-layer BERT")
+  out = {("bert",) + path: value for path, value in encoder.items()}
   if all(m.hf in tensors for m in _head_maps()):
     for m in _head_maps():
       out[m.path] = _convert(tensors[m.hf], m.to_lmjax, cfg)
