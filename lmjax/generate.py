@@ -85,6 +85,7 @@ class Output:
   prefill_s: float = 0.0
   decode_s: float = 0.0
   steps: int = 0
+  max_new_tokens: int = 0  # the limit applied: the request, or less where the context window ends first
 
 
 class Generator:
@@ -199,7 +200,7 @@ class Generator:
       token = np.asarray(pick(logits, jax.random.fold_in(key, i + 1)))
       positions = positions + 1
       steps += 1
-    return Output(out, stopped.tolist(), prefill_s, time.perf_counter() - t1, steps)
+    return Output(out, stopped.tolist(), prefill_s, time.perf_counter() - t1, steps, new_tokens)
 
 
 # --- loading ---------------------------------------------------------------
@@ -339,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                      truncate=args.truncate, on_step=on_step)
   if stream:
     print()
-  else:
+  if out.max_new_tokens < sampling.max_new_tokens:
+    print(f"lmjax: generated at most {out.max_new_tokens} tokens: the context window "
+          f"({m.cfg.max_position_embeddings}) ends there", file=sys.stderr)
+  if not stream:
     for prompt, ids, new in zip(prompts, encoded, out.tokens):
       print(f"{prompt}{continuation(ids, [t for t in new if t not in stop_ids])}\n")
   n = sum(len(t) for t in out.tokens)

@@ -259,6 +259,8 @@ def test_bad_generation_input(tmp_path):
     gen.generate([list(range(5, 105))], Sampling(max_new_tokens=4, temperature=0.0))
   out = gen.generate([list(range(5, 105))], Sampling(max_new_tokens=4, temperature=0.0), truncate=True)
   assert len(out.tokens[0]) == 4
+  capped = gen.generate([list(range(5, 95))], Sampling(max_new_tokens=20, temperature=0.0))  # 90 of 96 slots used
+  assert capped.max_new_tokens == 6 and len(capped.tokens[0]) == 6
   for bad, message in ((dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(temperature=-1.0), "temperature"),
                        (dict(top_k=-2), "top_k")):
     with pytest.raises(LmjaxError, match=message):

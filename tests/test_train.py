@@ -91,7 +91,6 @@ def _cli(*args, env_extra=None, timeout=600):
     (["--set", "train.objective=classification"], "is an unlabelled pretraining corpus"),
     (["--set", "train.init_from=runs/x"], "train.init_from is for fine-tuning"),
 ])
-@pytest.mark.xdist_group("default_cache")
 def test_cli_bad_input_is_one_clear_error(tmp_path, args, message):
   result = _cli("--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir", str(tmp_path), *args)
   assert result.returncode == 2, result.stderr[-2000:]
