@@ -136,8 +136,8 @@ class HfTokenizer:
     return cls(tok, path)
 
   @classmethod
-  def from_bpe_files(cls, vocab_json: Path, merges_txt: Path, out_path: Path | None = None):
-    """GPT-2's byte-level BPE from vocab.json + merges.txt (saved as tokenizer.json at out_path, if given)."""
+  def from_bpe_files(cls, vocab_json: Path, merges_txt: Path):
+    """GPT-2's byte-level BPE from vocab.json + merges.txt, built in memory (the directory is not written)."""
     from tokenizers import ByteLevelBPETokenizer  # noqa: PLC0415
     from tokenizers import Tokenizer as _Tokenizers  # noqa: PLC0415
 
@@ -147,11 +147,7 @@ class HfTokenizer:
       raise LmjaxError(f"{vocab_json} / {merges_txt} are not a byte-level BPE vocabulary ({e}).") from None
     if bpe.token_to_id("<|endoftext|>") is not None:  # GPT-2's one special token, as transformers treats it
       bpe.add_special_tokens(["<|endoftext|>"])
-    if out_path is None:
-      return cls(_Tokenizers.from_str(bpe.to_str()), Path(vocab_json))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    bpe.save(str(out_path))
-    return cls.load(out_path)
+    return cls(_Tokenizers.from_str(bpe.to_str()), Path(vocab_json))
 
   @property
   def vocab_size(self) -> int:
@@ -174,10 +170,12 @@ class HfTokenizer:
 class WordPiece(HfTokenizer):
   """BERT's WordPiece tokenizer; classification needs its [PAD], [CLS] and [SEP]."""
 
+  SPECIALS = ("[PAD]", "[CLS]", "[SEP]")
+
   @classmethod
   def load(cls, path: Path) -> WordPiece:
     out = super().load(path)
-    for name in ("[PAD]", "[CLS]", "[SEP]"):
+    for name in cls.SPECIALS:
       if out.tok.token_to_id(name) is None:
         raise LmjaxError(f"{path} has no {name} token; lmjax classification needs BERT's special tokens.")
     return out
@@ -215,8 +213,8 @@ def load_for_run(workdir: Path) -> Tokenizer | HfTokenizer:
     return Tokenizer.load(workdir / "tokenizer.model")
   if (workdir / "tokenizer.json").exists():
     tok = HfTokenizer.load(workdir / "tokenizer.json")
-    if tok.tok.token_to_id("[CLS]") is not None and tok.tok.token_to_id("[SEP]") is not None:
-      return WordPiece.load(workdir / "tokenizer.json")
+    if all(tok.tok.token_to_id(name) is not None for name in WordPiece.SPECIALS):
+      return WordPiece(tok.tok, tok.path)  # BERT's: the same file, read once
     return tok
   if (workdir / "vocab.json").exists() and (workdir / "merges.txt").exists():  # a GPT-2 directory
     return HfTokenizer.from_bpe_files(workdir / "vocab.json", workdir / "merges.txt")
