@@ -155,6 +155,9 @@ def main() -> int:
   p.add_argument("--side", choices=["lmjax", "pytorch"], help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.side:
+    if args.side == "lmjax":
+      from lmjax import host  # the settings train.py and lmjax.bench apply (see lmjax/host.py)
+      host.tune()
     fn = lmjax_side if args.side == "lmjax" else torch_side
     print(json.dumps(fn(args.model, args.seq, args.batch, args.steps, 2, args.predictions)))
     return 0

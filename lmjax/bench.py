@@ -12,6 +12,7 @@ is measured. Prints one JSON object:
   compile_time_s, model_flops_per_token (first-principles count, lmjax.models),
   xla_flops_per_token (XLA's cost analysis of the compiled step, per device x devices),
   tflops_per_sec, peak_flops, peak_source, mfu, peak_memory_bytes, peak_memory_source,
+  cpu_tuning (which lmjax.host settings were in effect),
   plus the shapes, devices and precision it ran with.
 
 The peak is the device's published dense peak for its dtype when the device
@@ -145,7 +146,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from lmjax import objectives, trainer  # noqa: PLC0415
+  from lmjax import host, objectives, trainer  # noqa: PLC0415
   from lmjax import sharding as sh  # noqa: PLC0415
 
   if steps < 1 or warmup < 0:
@@ -203,6 +204,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
       "peak_flops": total_peak, "peak_source": peak_source,
       "mfu": achieved / total_peak if total_peak else None,
       "peak_memory_bytes": memory, "peak_memory_source": memory_source,
+      "cpu_tuning": host.tuned(),
   }
 
 

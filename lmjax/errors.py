@@ -13,12 +13,16 @@ class LmjaxError(Exception):
 
 def cli(main):
   """Wraps a command's main(argv) -> exit code: an LmjaxError becomes one
-  `error: ...` paragraph on stderr and exit code 2, Ctrl-C exit code 130."""
+  `error: ...` paragraph on stderr and exit code 2, Ctrl-C exit code 130.
+  Applies `lmjax.host.tune()` (CPU-backend settings) before the command runs."""
   import functools  # noqa: PLC0415
   import sys  # noqa: PLC0415
 
   @functools.wraps(main)
   def wrapped(argv: list[str] | None = None) -> int:
+    from lmjax import host  # noqa: PLC0415
+
+    host.tune()
     try:
       return main(argv)
     except LmjaxError as e:

@@ -154,7 +154,7 @@ class BertForPreTraining(nnx.Module):
   def mlm_logits(self, hidden_btd: Array, positions_bp: Array) -> Array:
     """Vocabulary logits [B, P, V] (float32) at the given positions only."""
     x_bpd = jnp.take_along_axis(hidden_btd, positions_bp[..., None], axis=1)
-    x_bpd = self.mlm_norm(jax.nn.gelu(self.mlm_transform(x_bpd), approximate=False))
+    x_bpd = self.mlm_norm(L.gelu(self.mlm_transform(x_bpd)))
     logits_bpv = self.bert.embeddings.word.attend(x_bpd)
     return logits_bpv.astype(jnp.float32) + self.mlm_bias[...]
 
