@@ -29,12 +29,16 @@ def test_unrolled_threefry_gives_the_same_bits_without_the_loop():
   def draw(k):
     return jax.random.bits(k, shape, jnp.uint32), jax.random.bernoulli(jax.random.fold_in(k, 1), 0.9, shape)
 
-  rolled = jax.jit(draw).lower(key).compile()
   try:
+    # JAX's default first: an earlier test in this worker may have run a
+    # command that called host.tune().
+    mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule, platform="cpu")
+    rolled = jax.jit(draw).lower(key).compile()
     assert host.unroll_threefry_on_cpu(), "this JAX moved its threefry lowering: update lmjax.host"
     unrolled = jax.jit(lambda k: draw(k)).lower(key).compile()  # a new function: lowered afresh
-  finally:  # other tests in this worker keep JAX's default (shorter compiles)
-    mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule, platform="cpu")
+  finally:  # leave the process as host's state says it is
+    rule = tf._threefry2x32_lowering_rule if host.tuned()["threefry"] else tf._threefry2x32_cpu_lowering_rule
+    mlir.register_lowering(tf.threefry2x32_p, rule, platform="cpu")
   assert " while(" in rolled.as_text()
   assert " while(" not in unrolled.as_text()
   for a, b in zip(rolled(key), unrolled(key), strict=True):

@@ -209,7 +209,8 @@ class Block(nnx.Module):
     h_btd, cache = self.attention(self.attention_norm(x_btd), positions_bt, bias_bts, cache, r_attn)
     x_btd = x_btd + L.dropout(h_btd, p, r1)
     x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd)), p, r2)
-    return L.shard(x_btd, L.ACT_BTD), cache
+    # The residual stream's gradient is materialised here once per layer (see L.grad_boundary).
+    return L.grad_boundary(L.shard(x_btd, L.ACT_BTD)), cache
 
 
 class GptForCausalLM(nnx.Module):
