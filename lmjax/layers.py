@@ -79,14 +79,16 @@ def grad_boundary(x: Array) -> Array:
   """Identity; in the backward pass, on XLA's CPU backend, the cotangent is
   computed once into its own buffer instead of being fused into its users.
 
-  Pre-LN blocks (GPT-2, Llama) carry the gradient of the residual stream
-  through every layer as a sum of elementwise terms. XLA:CPU's loop fusion may
-  duplicate a producer into each of its consumers, and with nothing
-  unfusible on that path it never materialises the sum: every layer's
-  backward re-evaluated the whole chain from the top layer down, dropout
-  masks (threefry) included, an O(layers^2) cost. In GPT-2 small at seq 512
-  the fusions doing this took ~20% of the step's thread time, and placing
-  this at each block's output made the step 1.3x faster (2-core CPU, 2026-11-30).
+  Pre-LN blocks carry the gradient of the residual stream through every layer
+  as a sum of elementwise terms. XLA:CPU's loop fusion may duplicate a
+  producer into each of its consumers, and with GPT-2's LayerNorm blocks
+  nothing unfusible lay on that path, so the sum was never materialised:
+  every layer's backward re-evaluated the whole chain from the top layer
+  down, dropout masks (threefry) included, an O(layers^2) cost. In GPT-2
+  small at seq 512 the fusions doing this took ~20% of the step's thread
+  time, and placing this at each block's output made the step 1.3x faster
+  (2-core CPU, 2026-11-30). A Llama-style model (RMSNorm, no dropout) showed
+  no such fusion and ran the same with and without it.
   `jax.lax.optimization_barrier` does not help there: the CPU compiler expands
   it before fusion. GPU and TPU lower this to the identity: a data-dependent
   loop would cost a device-to-host sync per layer there, and the duplication
