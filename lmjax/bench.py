@@ -36,6 +36,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from lmjax.errors import LmjaxError, cli
 
@@ -94,49 +95,16 @@ def measure_cpu_peak(n: int = 1024, repeats: int = 10) -> float:
   return 2 * n**3 * k / best
 
 
-def synthetic_batch(cfg, objective, rng) -> dict:
-  """A global batch of the objective's keys with the recipe's shapes (numpy)."""
-  import numpy as np  # noqa: PLC0415
-
-  b, t, v = cfg.train.batch_size, cfg.data.max_seq_len, cfg.model.vocab_size
-  batch = {
-      "input_ids": rng.integers(5, v, (b, t), dtype=np.int32),
-      "type_ids": (np.arange(t)[None, :] >= t // 2).astype(np.int32).repeat(b, 0),
-      "input_mask": np.ones((b, t), np.int32),
-  }
-  if objective.name in ("mlm_nsp", "mlm"):
-    p = cfg.data.max_predictions_per_seq
-    batch["masked_positions"] = np.sort(rng.choice(np.arange(1, t), (b, p)), axis=1).astype(np.int32)
-    batch["masked_ids"] = rng.integers(5, v, (b, p), dtype=np.int32)
-    batch["masked_weights"] = np.ones((b, p), np.float32)
-    batch["nsp_label"] = rng.integers(0, 2, (b,), dtype=np.int32)
-  elif objective.name == "causal_lm":
-    batch["target_ids"] = rng.integers(5, v, (b, t), dtype=np.int32)
-    batch["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
-    batch["segment_ids"] = np.ones((b, t), np.int32)
-    batch["target_weights"] = np.ones((b, t), np.float32)
-  elif objective.task == "classification":
-    batch["label"] = rng.integers(0, cfg.model.num_labels, (b,), dtype=np.int32)
-    batch["weight"] = np.ones((b,), np.float32)
-  else:
-    raise LmjaxError(f"lmjax.bench has no synthetic batch for the {objective.task!r} task yet.")
-  return {k: batch[k] for k in objective.batch_keys}
-
-
-def model_flops_per_token(cfg, objective, training: bool) -> float:
-  if objective.family == "gpt":
-    return cfg.model.flops_per_token(cfg.data.max_seq_len, training=training)
-  predictions = cfg.data.max_predictions_per_seq if objective.task == "pretraining" else 0
-  return cfg.model.flops_per_token(cfg.data.max_seq_len, predictions, training=training)
+def model_flops_per_token(cfg, task, training: bool) -> float:
+  return cfg.model.flops_per_token(task.workload(cfg), training=training)
 
 
 def _resolve(cfg):
   """Fine-tuning recipes: the architecture of their init_from model (no weights are read)."""
+  from lmjax import tasks  # noqa: PLC0415
   if cfg.train.init_from:
-    from lmjax import finetuning  # noqa: PLC0415
     try:
-      source = finetuning.inspect(cfg.train.init_from)
-      cfg = dataclasses.replace(cfg, model=finetuning.model_config(cfg.model, source))
+      cfg = tasks.get(cfg.train.objective).configure(cfg, Path("/nonexistent"), resumed=False)
     except LmjaxError as e:
       print(f"lmjax.bench: {e} Benchmarking the recipe's own model section instead.", file=sys.stderr)
   return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=""))
@@ -146,20 +114,20 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from lmjax import host, objectives, trainer  # noqa: PLC0415
+  from lmjax import host, tasks, trainer  # noqa: PLC0415
   from lmjax import sharding as sh  # noqa: PLC0415
 
   if steps < 1 or warmup < 0:
     raise LmjaxError("--steps must be at least 1 and --warmup at least 0.")
   cfg = _resolve(cfg)
-  objective = objectives.get(cfg.train.objective)
+  task = tasks.get(cfg.train.objective)
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  trainer.validate(cfg, mesh)
-  s = trainer.build(cfg, mesh)
-  state = trainer.init_state(s)
-  train_fn, eval_fn = trainer.compile_steps(s)
+  trainer.validate(cfg, mesh, task)
+  setup = trainer.build(cfg, mesh)
+  state = trainer.init_state(setup)
+  train_fn, eval_fn = trainer.compile_steps(setup)
   with jax.set_mesh(mesh):
-    batch = trainer.to_global(synthetic_batch(cfg, objective, np.random.default_rng(seed)), mesh)
+    batch = trainer.to_global(tasks.base.synthetic_batch(task, cfg, np.random.default_rng(seed)), setup)
     if mode == "train":
       fn, args = train_fn, (state, batch)
     else:
@@ -182,7 +150,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
         times.append(time.perf_counter() - t)
   tokens = cfg.train.batch_size * cfg.data.max_seq_len
   step_time = statistics.median(times)
-  flops_per_token = model_flops_per_token(cfg, objective, training=mode == "train")
+  flops_per_token = model_flops_per_token(cfg, task, training=mode == "train")
   n_dev = mesh.devices.size
   peak, peak_source = device_peak(jax.devices()[0], cfg.model.dtype)
   # CPU "devices" of one process share the host's cores: the measured peak is
@@ -191,7 +159,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   achieved = flops_per_token * tokens / step_time
   memory, memory_source = _peak_memory(compiled)
   return {
-      "config": None, "mode": mode, "family": type(cfg.model).__name__, "objective": objective.name,
+      "config": None, "mode": mode, "family": type(cfg.model).__name__, "objective": task.name,
       "batch_size": cfg.train.batch_size, "seq_len": cfg.data.max_seq_len, "dtype": cfg.model.dtype,
       "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
       "tokens_per_sec": tokens / step_time,
@@ -216,15 +184,18 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
 
   from lmjax import models  # noqa: PLC0415
   from lmjax.generate import Generator, Sampling  # noqa: PLC0415
+  from lmjax.models.family import Workload  # noqa: PLC0415
 
   cfg = _resolve(cfg)
-  if models.family_of(cfg.model) != "gpt":
-    raise LmjaxError("--generate needs a decoder (gpt) recipe, e.g. configs/gpt_tiny_shakespeare.py.")
+  family = models.of(cfg.model)
+  if family.generation is None:
+    raise LmjaxError(f"--generate needs a recipe of a family that generates text (a decoder); this recipe's "
+                     f"{family.name!r} model does not, e.g. use configs/gpt_tiny_shakespeare.py.")
   m = cfg.model
   if prompt_len < 1 or new_tokens < 1 or prompt_len + new_tokens > m.max_position_embeddings:
     raise LmjaxError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} must be positive and fit the context "
                      f"window (model.max_position_embeddings={m.max_position_embeddings}).")
-  model_cls = models.model_class(m)
+  model_cls = family.model_class(family.generation.model)
   params = nnx.to_pure_dict(nnx.split(model_cls(m, rngs=nnx.Rngs(seed)))[1])
   gen = Generator(m, params)
   b = cfg.train.batch_size
@@ -243,7 +214,7 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
   # Forward FLOPs of one decoded token at the mean context (prompt + half the new tokens);
   # flops_per_token(T) charges attention over T / 2 keys, hence 2x the context.
   context = prompt_len + new_tokens / 2
-  flops = m.flops_per_token(int(2 * context), training=False)
+  flops = m.flops_per_token(Workload(int(2 * context)), training=False)
   peak, peak_source = device_peak(jax.devices()[0], m.dtype)
   out["decode_flops_per_token"] = flops
   out["peak_flops"], out["peak_source"] = peak, peak_source

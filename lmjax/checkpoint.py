@@ -24,6 +24,68 @@ def param_shapes(params) -> dict[str, list[int]]:
   return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
 
 
+def check_meta(saved: dict, meta: dict, directory: Path, step: int) -> None:
+  """Raises a clear error when a checkpoint's meta describes a different model than `meta`."""
+  if saved.get("family") != meta["family"]:
+    raise LmjaxError(
+        f"{directory} holds a checkpoint of a {saved.get('family')!r} model, but this run builds "
+        f"a {meta['family']!r} model. Use a fresh --workdir, or the config that wrote it.")
+  old, new = saved.get("shapes", {}), meta["shapes"]
+  if old != new:
+    cfg_old, cfg_new = saved.get("model", {}), meta["model"]
+    changed = [f"{k}: {cfg_old.get(k)} in the checkpoint vs {cfg_new.get(k)} now"
+               for k in sorted(set(cfg_old) | set(cfg_new)) if cfg_old.get(k) != cfg_new.get(k)]
+    shapes = [f"{k}: {old.get(k, 'absent')} in the checkpoint vs {new.get(k, 'absent')} now"
+              for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)][:2]
+    raise LmjaxError(
+        f"{directory} (step {step}) holds a checkpoint of a different model shape "
+        f"({'; '.join(changed) or 'parameter shapes differ'}; e.g. {'; '.join(shapes)}). "
+        f"Use a fresh --workdir for a new model, or restore the model settings it was trained with.")
+
+
+def saved_steps(workdir: Path) -> list[int]:
+  """Steps of the finished checkpoints under WORKDIR/checkpoints (without opening a manager)."""
+  root = Path(workdir) / "checkpoints"
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _reader(workdir: Path):
+  return ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints",
+                               item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                              "meta": ocp.JsonCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(create=False))
+
+
+def read_meta(workdir: Path, step: int) -> dict:
+  """The `meta` item of checkpoint `step` (family, model kind as "task", model config, shapes)."""
+  manager = _reader(workdir)
+  try:
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+  finally:
+    manager.close()
+
+
+def read_params(workdir: Path, step: int, abstract_params, meta: dict):
+  """Only the parameters of checkpoint `step`, placed as `abstract_params` says.
+
+  Orbax restores the `params` subtree of the `state` item alone: the
+  optimizer state is neither built nor read.
+  """
+  directory = Path(workdir).resolve() / "checkpoints"
+  manager = _reader(workdir)
+  try:
+    check_meta(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta, meta,
+               directory, step)
+    target = {"params": abstract_params}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    return restored.state["params"]
+  finally:
+    manager.close()
+
+
 class Checkpointer:
 
   def __init__(self, workdir: Path, *, every: int, keep: int, async_save: bool):
@@ -44,21 +106,7 @@ class Checkpointer:
   def check_compatible(self, step: int, meta: dict) -> None:
     """Raises a clear error when the checkpoint holds a different model."""
     saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    if saved.get("family") != meta["family"]:
-      raise LmjaxError(
-          f"{self.directory} holds a checkpoint of a {saved.get('family')!r} model, but this run builds "
-          f"a {meta['family']!r} model. Use a fresh --workdir, or the config that wrote it.")
-    old, new = saved.get("shapes", {}), meta["shapes"]
-    if old != new:
-      cfg_old, cfg_new = saved.get("model", {}), meta["model"]
-      changed = [f"{k}: {cfg_old.get(k)} in the checkpoint vs {cfg_new.get(k)} now"
-                 for k in sorted(set(cfg_old) | set(cfg_new)) if cfg_old.get(k) != cfg_new.get(k)]
-      shapes = [f"{k}: {old.get(k, 'absent')} in the checkpoint vs {new.get(k, 'absent')} now"
-                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)][:2]
-      raise LmjaxError(
-          f"{self.directory} (step {step}) holds a checkpoint of a different model shape "
-          f"({'; '.join(changed) or 'parameter shapes differ'}; e.g. {'; '.join(shapes)}). "
-          f"Use a fresh --workdir for a new model, or restore the model settings it was trained with.")
+    check_meta(saved, meta, self.directory, step)
 
   def restore(self, step: int, abstract_state, meta: dict):
     """Returns (state, data_state) for `step`, placed as `abstract_state` says."""
@@ -66,10 +114,6 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, restored.data
-
-  def restore_params(self, step: int, abstract_state, meta: dict):
-    """Only the parameters of `step` (for fine-tuning from this run)."""
-    return self.restore(step, abstract_state, meta)[0]["params"]
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -86,6 +130,12 @@ class BestCheckpoint:
   its value and the step), written synchronously when an evaluation beats it.
   The final test report and `lmjax.predict` read it.
   """
+
+  @staticmethod
+  def exists(workdir: Path) -> bool:
+    """Whether WORKDIR/best holds a checkpoint (without creating the directory)."""
+    root = Path(workdir) / "best"
+    return root.is_dir() and any(p.name.isdigit() for p in root.iterdir())
 
   def __init__(self, workdir: Path, metric: str):
     self.metric = metric

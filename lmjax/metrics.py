@@ -12,6 +12,11 @@ _SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "accur
           "tokens_per_sec")
 
 
+def log(msg: str) -> None:
+  """A one-line message to stderr (progress of a command, not a metric)."""
+  print(f"lmjax: {msg}", file=sys.stderr, flush=True)
+
+
 def _fmt(k: str, v) -> str:
   if k == "learning_rate":
     return f"{k}={v:.2e}"

@@ -6,15 +6,14 @@
 Prints one line per input: label, its probability, and the text (or a JSON
 object per line with --json). Without texts on the command line, reads one
 per line from stdin; for a sentence-pair run, a line holds "text<TAB>pair".
-Uses the workdir's best checkpoint (WORKDIR/best) unless --checkpoint says
-otherwise; everything else (config, tokenizer, labels) also comes from the
+Uses the workdir's best checkpoint (WORKDIR/best) if it keeps one, else the
+latest, unless --checkpoint says otherwise; everything else (config, tokenizer, labels) also comes from the
 workdir. Inputs are classified in fixed-size batches (one compilation).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,68 +24,46 @@ from lmjax.errors import LmjaxError, cli
 class Classifier:
   """A fine-tuned run's model, tokenizer and labels, ready to classify text."""
 
-  def __init__(self, workdir: str | Path, checkpoint: str = "best", batch_size: int = 32):
+  def __init__(self, workdir: str | Path, checkpoint: str = "auto", batch_size: int = 32):
     import jax  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+    from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
 
-    from lmjax import config as config_lib  # noqa: PLC0415
+    from lmjax import runs, tasks  # noqa: PLC0415
     from lmjax import sharding as sh  # noqa: PLC0415
-    from lmjax import trainer  # noqa: PLC0415
-    from lmjax.checkpoint import BestCheckpoint, Checkpointer  # noqa: PLC0415
-    from lmjax.data import tokenizer as tk  # noqa: PLC0415
 
-    workdir = Path(workdir)
-    if not (workdir / "config.json").exists():
-      raise LmjaxError(f"{workdir} has no config.json; pass the --workdir of a fine-tuning run.")
-    cfg = config_lib.load_json(workdir / "config.json")
-    if cfg.train.objective != "classification":
-      raise LmjaxError(f"{workdir} trained train.objective={cfg.train.objective!r}; lmjax.predict needs a "
-                       "classification (fine-tuning) run.")
+    src = runs.inspect(workdir)
+    if src.config is None or tasks.get(src.config.train.objective).predict is None:
+      what = f"trained train.objective={src.config.train.objective!r}" if src.config else "is not an lmjax run"
+      raise LmjaxError(f"{workdir} {what}; lmjax.predict needs a classification (fine-tuning) run.")
+    cfg = src.config
+    self.task = tasks.get(cfg.train.objective)
     n = jax.local_device_count()
-    batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the devices
-    cfg = dataclasses.replace(
-        cfg, mesh=dataclasses.replace(cfg.mesh, data=-1, fsdp=1, tensor=1, rules="dp", distributed=False),
-        train=dataclasses.replace(cfg.train, batch_size=batch_size, grad_accum_steps=1))
+    self.batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the devices
     self.cfg = cfg
     self.names = cfg.data.labels
-    self.tok = tk.load_for_run(workdir)
-    self.mesh = sh.make_mesh(-1, 1, 1)
-    self.setup = trainer.build(cfg, self.mesh)
-    abstract_params = self.setup.abstract_state["params"]
-    best = BestCheckpoint(workdir, cfg.checkpoint.best_metric or "accuracy")
-    try:
-      if checkpoint == "best" and best.info() is not None:
-        self.params = best.restore_params(abstract_params)
-        self.step = best.info()["step"]
-        return
-    finally:
-      best.close()
-    ckpt = Checkpointer(workdir, every=1, keep=1000, async_save=False)
-    try:
-      step = ckpt.latest_step() if checkpoint in ("best", "latest") else int(checkpoint)
-      if step is None:
-        raise LmjaxError(f"{workdir} has no checkpoint yet.")
-      if step not in ckpt.manager.all_steps():
-        raise LmjaxError(f"{workdir} has no checkpoint at step {step} (it has {ckpt.manager.all_steps()}).")
-      self.params = ckpt.restore_params(step, self.setup.abstract_state, self.setup.meta)
-      self.step = step
-    finally:
-      ckpt.close()
+    # Data parallel over this host's devices: parameters replicated, rows split.
+    self.mesh = sh.make_mesh(-1, 1, 1, devices=jax.local_devices())
+    run = runs.open_run(workdir, checkpoint, sharding=NamedSharding(self.mesh, PartitionSpec()))
+    self.tok, self.params, self.step = run.tokenizer, run.params, run.step
+    graphdef = nnx.split(nnx.eval_shape(lambda: src.family.model_class(self.task.model)(cfg.model,
+                                                                                        rngs=nnx.Rngs(0))))[0]
+    self._fn = jax.jit(lambda params, batch: self.task.predict(nnx.merge(graphdef, params), batch))
 
   def predict(self, texts: list[str], pairs: list[str] | None = None):
     """Class probabilities [N, num_labels] (numpy) and the number of inputs truncated."""
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from lmjax import trainer  # noqa: PLC0415
-    from lmjax.data import finetune  # noqa: PLC0415
+    from lmjax import sharding as sh  # noqa: PLC0415
+    from lmjax.data import classification_examples as examples  # noqa: PLC0415
 
-    if not hasattr(self, "_fn"):
-      self._fn = trainer.compile_steps(self.setup)[1]
-    enc = finetune.encode(self.tok, texts, pairs, None, self.cfg.data.max_seq_len)
+    enc = examples.encode(self.tok, texts, pairs, None, self.cfg.data.max_seq_len)
     out = []
     with jax.set_mesh(self.mesh):
-      for batch in finetune.eval_batches(enc, self.cfg.train.batch_size):
-        out.append(np.asarray(jax.device_get(self._fn(self.params, trainer.to_global(batch, self.mesh))["probs"])))
+      for batch in examples.eval_batches(enc, self.batch_size):
+        batch = {k: jax.device_put(v, sh.batch_sharding(self.mesh, v.ndim)) for k, v in batch.items()}
+        out.append(np.asarray(jax.device_get(self._fn(self.params, batch)["probs"])))
     return np.concatenate(out)[:len(texts)], enc.truncated
 
 
@@ -94,7 +71,8 @@ class Classifier:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a fine-tuning run directory")
-  parser.add_argument("--checkpoint", default="best", help="'best' (default), 'latest' or a step number")
+  parser.add_argument("--checkpoint", default="auto",
+                      help="'best', 'latest', a step number, or 'auto' (default: best if the run keeps one, else latest)")
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--json", action="store_true", help="print one JSON object per input")
   parser.add_argument("texts", nargs="*", help="texts to classify (default: one per line from stdin)")

@@ -78,7 +78,7 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[jax.Device] |
   devices = list(devices if devices is not None else jax.devices())
   shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
   # Auto axes: jax.make_mesh defaults to Explicit axes, which break the
-  # embedding gathers (DESIGN.md).
+  # embedding gathers of the models.
   try:
     device_array = mesh_utils.create_device_mesh(shape, devices)
   except Exception:  # noqa: BLE001  (uneven topologies: plain order is fine)

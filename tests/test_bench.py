@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmjax import bench
+from lmjax.models.family import Workload
 from lmjax.models.bert import BertConfig
 
 from conftest import replace
@@ -47,7 +48,7 @@ def test_model_flops_match_xla_cost_analysis(tiny_cfg):
 def test_flop_terms_matter():
   """Dropping any term of the count changes it by more than the XLA tolerance above."""
   c = BertConfig(vocab_size=4096, hidden_size=256, num_layers=2, num_heads=4, mlp_dim=1024)
-  full = c.flops_per_token(128, 20)
+  full = c.flops_per_token(Workload(128, predictions_per_seq=20))
   d, f, t = 256, 1024, 128
   for term in (2 * 4 * d * d, 2 * 2 * d * f, 2 * 2 * t * d):  # projections, MLP, attention
     assert 3 * 2 * term / full > 0.03

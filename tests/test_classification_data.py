@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lmjax.data import classification
+from lmjax.data import labelled as classification
 
 
 def test_stratified_split_is_disjoint_complete_and_stable():

@@ -5,6 +5,7 @@ import pytest
 
 from lmjax import config as config_lib
 from lmjax.errors import LmjaxError
+from lmjax.models.family import Workload
 from lmjax.models.bert import BertConfig, PRESETS
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.py"))
@@ -78,5 +79,5 @@ def test_flops_per_token_hand_count():
   per_layer = 512 + 512 + 128
   mlm = p / t * (2 * 8 * 8 + 2 * 8 * 100)  # transform + vocabulary at predicted positions only
   per_seq = (2 * 8 * 8 + 2 * 8 * 2) / t  # pooler + NSP
-  assert cfg.flops_per_token(t, p, training=False) == pytest.approx(per_layer + mlm + per_seq)
-  assert cfg.flops_per_token(t, p) == pytest.approx(3 * (per_layer + mlm + per_seq))
+  assert cfg.flops_per_token(Workload(t, p), training=False) == pytest.approx(per_layer + mlm + per_seq)
+  assert cfg.flops_per_token(Workload(t, p)) == pytest.approx(3 * (per_layer + mlm + per_seq))

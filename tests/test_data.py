@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from lmjax.config import DataConfig
-from lmjax.data import builders, pretrain, text
+from lmjax.data import bert_examples, builders, text
+from lmjax.data.stream import BatchIterator
 from lmjax.data import tokenizer as tk
 from lmjax.errors import LmjaxError
 
@@ -17,7 +18,7 @@ def prepared(tmp_path_factory, corpus_dir, cache_dir):
   cfg = Config(model=TINY_BERT, data=DataConfig(dataset="text_dir", text_dir=str(corpus_dir),
                                                 doc_split="blank_line", cache_dir=str(cache_dir), max_seq_len=32,
                                                 max_predictions_per_seq=5))
-  return pretrain.bert_pretraining_data(cfg, tmp_path_factory.mktemp("run"))
+  return bert_examples.pretraining_examples(cfg, tmp_path_factory.mktemp("run"))
 
 
 def test_sentences_and_documents():
@@ -97,7 +98,7 @@ def test_masking_statistics(prepared):
 
 def test_examples_are_deterministic_and_remasked_each_epoch(prepared, corpus_dir, cache_dir):
   train, _, _ = prepared
-  again = pretrain.BertExamples(train.corpus, train.cfg, train.vocab_size, train.seed)
+  again = bert_examples.BertExamples(train.corpus, train.cfg, train.vocab_size, train.seed)
   for k in (0, 7, len(train) + 3):
     for key, v in train[k].items():
       np.testing.assert_array_equal(v, again[k][key])
@@ -112,8 +113,8 @@ def test_examples_are_deterministic_and_remasked_each_epoch(prepared, corpus_dir
 
 def test_process_shares_make_up_the_global_batch(prepared):
   train, _, _ = prepared
-  whole = pretrain.BatchIterator(train, 8, prefetch=0, position=16)
-  parts = [pretrain.BatchIterator(train, 8, process_index=p, process_count=2, prefetch=2, position=16)
+  whole = BatchIterator(train, 8, prefetch=0, position=16)
+  parts = [BatchIterator(train, 8, process_index=p, process_count=2, prefetch=2, position=16)
            for p in range(2)]
   for _ in range(3):
     expect = next(whole)

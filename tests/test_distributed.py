@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmjax.data import pretrain
+from lmjax.data import bert_examples
 
 from conftest import replace
 
@@ -47,7 +47,7 @@ def test_two_processes_equal_one(tiny_cfg, tmp_path):
   cfg = replace(tiny_cfg, train=dict(steps=4, eval_every=2), checkpoint=dict(every=2, async_save=False),
                 logging=dict(tensorboard=False))
   # Prepare corpus and tokenizer once, as a shared cache would hold them.
-  pretrain.bert_pretraining_data(cfg, tmp_path / "prep")
+  bert_examples.pretraining_examples(cfg, tmp_path / "prep")
   recipe = _recipe(cfg, tmp_path / "recipe.py")
 
   single = tmp_path / "single"

@@ -13,10 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-from lmjax import finetuning, trainer
+from lmjax import runs, trainer
+from lmjax.tasks import classification as cls_task
 from lmjax import sharding as sh
 from lmjax.config import Config, DataConfig
-from lmjax.data import classification, finetune
+from lmjax.data import classification_examples as finetune
+from lmjax.data import labelled as classification
 from lmjax.data import tokenizer as tk
 from lmjax.errors import LmjaxError
 
@@ -127,8 +129,6 @@ def finetuning_best(work):
 
 def test_init_from_an_lmjax_pretraining_run(tiny_cfg, cls_cfg, tmp_path):
   """The encoder comes from the pretraining checkpoint, the heads are dropped, the classifier is new."""
-  from lmjax.checkpoint import Checkpointer
-
   pre = tmp_path / "pretrain"
   trainer.train(replace(tiny_cfg, train=dict(steps=1, eval_every=0)), pre)
   # learning rate 0: the fine-tuning checkpoint holds exactly the initial parameters
@@ -140,13 +140,9 @@ def test_init_from_an_lmjax_pretraining_run(tiny_cfg, cls_cfg, tmp_path):
   assert saved["model"]["hidden_size"] == TINY_BERT.hidden_size  # the architecture comes from init_from
   assert (work / "tokenizer.model").read_bytes() == (pre / "tokenizer.model").read_bytes()
 
-  mesh = sh.make_mesh(-1, 1, 1)
-  loaded = finetuning.encoder_params(finetuning.inspect(str(pre)), mesh)
+  loaded = runs.backbone_params(runs.inspect(str(pre)))
   assert loaded and all(k[0] == "bert" for k in loaded)
-  s = trainer.build(Config.from_dict(saved), mesh)
-  ckpt = Checkpointer(work, every=1, keep=1, async_save=False)
-  params = jax.device_get(ckpt.restore_params(1, s.abstract_state, s.meta))
-  ckpt.close()
+  params = jax.device_get(runs.open_run(work / "checkpoints" / "1", tokenizer=False).params)
   assert set(params) == {"bert", "classifier"}  # no MLM / NSP heads
   for path, value in loaded.items():
     node = params
@@ -217,13 +213,13 @@ def test_classification_report_matches_hand_count():
   labels = np.array([0, 0, 0, 1, 1, 2])
   pred = np.array([0, 0, 1, 1, 2, 2])
   probs = np.eye(3)[pred] * 0.98 + 0.01
-  r = finetuning.classification_report(labels, probs, ("a", "b", "c"))
+  r = cls_task.classification_report(labels, probs, ("a", "b", "c"))
   assert r["accuracy"] == pytest.approx(4 / 6)
   assert r["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
   assert r["precision/b"] == pytest.approx(1 / 2) and r["recall/a"] == pytest.approx(2 / 3)
   f1 = [2 * 1 * (2 / 3) / (1 + 2 / 3), 0.5, 2 * 0.5 * 1 / 1.5]
   assert r["f1"] == pytest.approx(np.mean(f1))
-  assert "F1 Score: " in finetuning.format_report(r, "test")
+  assert "F1 Score: " in cls_task.format_report(r, "test")
 
 
 # --- bad input -------------------------------------------------------------

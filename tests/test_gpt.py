@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmjax import objectives, trainer
+from lmjax import tasks, trainer
+from lmjax.models.family import Workload
 from lmjax import sharding as sh
 from lmjax.convert import gpt as convert
 from lmjax.convert.common import merge_into
@@ -196,7 +197,7 @@ def test_gpt2_tokenizer_from_the_registry_matches_transformers(tmp_path, cache_d
 
 def test_sharded_fsdp_tp_equals_unsharded(tmp_path):
   cfg = dataclasses.replace(FLAVOURS["llama"], vocab_size=212)  # tensor parallelism splits the vocabulary
-  objective = objectives.get("causal_lm")
+  task = tasks.get("causal_lm")
   rng = np.random.default_rng(0)
   batch = {"input_ids": rng.integers(0, 211, (8, 32), dtype=np.int32),
            "target_ids": rng.integers(0, 211, (8, 32), dtype=np.int32),
@@ -214,9 +215,9 @@ def test_sharded_fsdp_tp_equals_unsharded(tmp_path):
     state = trainer.init_state(s)
     train_fn, _ = trainer.compile_steps(s)
     with jax.set_mesh(mesh):
-      _, metrics = train_fn(state, trainer.to_global(batch, mesh))
+      _, metrics = train_fn(state, trainer.to_global(batch, s))
     metrics = jax.device_get(metrics)
-    results.append((objectives.finalize(objective, metrics["stats"])["lm_loss"], float(metrics["grad_norm"]),
+    results.append((task.finalize(metrics["stats"])["lm_loss"], float(metrics["grad_norm"]),
                     float(metrics["param_norm"])))
   np.testing.assert_allclose(results[1], results[0], rtol=2e-5)
 
@@ -236,11 +237,11 @@ def test_flops_per_token_hand_count():
   cfg = GptConfig.preset("gpt2")  # 124M
   d, t, v, f = 768, 1024, 50257, 3072
   per_layer = 2 * (4 * d * d) + 2 * (t * d) + 2 * (2 * d * f)  # projections, causal attention, MLP
-  assert cfg.flops_per_token(t, training=False) == 12 * per_layer + 2 * d * v
+  assert cfg.flops_per_token(Workload(t), training=False) == 12 * per_layer + 2 * d * v
   llama = GptConfig.preset("llama-1b")  # 4 of 32 heads carry keys/values; SwiGLU has three matrices
   d, k, f, v = 2048, 4 * 64, 5632, 32000
   per_layer = 2 * (2 * d * d + 2 * d * k) + 2 * (t * d) + 2 * (3 * d * f)
-  assert llama.flops_per_token(t) == 3 * (22 * per_layer + 2 * d * v)
+  assert llama.flops_per_token(Workload(t)) == 3 * (22 * per_layer + 2 * d * v)
 
 
 def test_residual_gradient_is_materialised_once_per_layer_on_cpu(monkeypatch):

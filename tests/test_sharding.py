@@ -38,7 +38,7 @@ def _batch(cfg, seed=0):
 def _grads(cfg, mesh):
   s = trainer.build(cfg, mesh)
   state = trainer.init_state(s)
-  batch = trainer.to_global(_batch(cfg), mesh)
+  batch = trainer.to_global(_batch(cfg), s)
   fn = jax.jit(trainer.under_rules(trainer.compute_grads, s))
   with jax.set_mesh(mesh):
     loss, stats, grads = fn(state["params"], batch, None)
@@ -106,7 +106,7 @@ def test_full_train_step_sharded_matches_single_device(no_dropout):
     state = trainer.init_state(s)
     with jax.set_mesh(mesh):
       for i in range(2):
-        state, metrics = train_fn(state, trainer.to_global(_batch(cfg, seed=i), mesh))
+        state, metrics = train_fn(state, trainer.to_global(_batch(cfg, seed=i), s))
     out.append((float(metrics["loss"]), jax.device_get(state["params"])))
   np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):

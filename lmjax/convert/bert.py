@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lmjax.convert.common import Map as _Map
-from lmjax.convert.common import check_not_pickle as _check_not_pickle  # noqa: F401  (used by lmjax.finetuning)
+from lmjax.convert.common import check_not_pickle as _check_not_pickle  # noqa: F401
 from lmjax.convert.common import convert as _convert
 from lmjax.convert.common import get as _get
 from lmjax.convert.common import load_maps, read_hf_dir

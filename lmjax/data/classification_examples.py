@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from lmjax.data.stream import EpochShuffle
 from lmjax.errors import LmjaxError
 
 KEYS = ("input_ids", "type_ids", "input_mask", "label", "weight")
@@ -124,19 +125,13 @@ class ClassificationExamples:
   def __init__(self, split: EncodedSplit, seed: int):
     self.split = split
     self.seed = seed
-    self._perms: dict[int, np.ndarray] = {}
+    self.order = EpochShuffle(len(split), seed, salt=7)
 
   def __len__(self) -> int:
     return len(self.split)
 
-  def _perm(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      self._perms = {epoch: np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.split))}
-    return self._perms[epoch]
-
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-    epoch, i = divmod(int(k), len(self.split))
-    return self.split.rows(self._perm(epoch)[i])
+    return self.split.rows(self.order(k)[1])
 
 
 def eval_batches(split: EncodedSplit, global_batch: int, process_index: int = 0, process_count: int = 1):

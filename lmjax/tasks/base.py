@@ -1,0 +1,209 @@
+"""The task protocol: what the training loop may ask of an objective.
+
+A task is one module under `lmjax/tasks/` with a `Task` subclass registered
+by objective name (`train.objective`). It owns
+
+  * its batch, declared once (`batch`: field -> `BatchField` with per-row
+    shape, dtype, logical axes and a synthetic sampler); batch shardings, the
+    benchmark's synthetic batches and the shape checks in tests all come from
+    that declaration;
+  * its config checks (`check`) and what it needs at start (`configure`:
+    e.g. the architecture of `train.init_from`; `open`: tokenizer, data,
+    pretrained parameters, evaluators);
+  * its loss and metrics (`denominators`, `loss`, `loss_terms`, `derived`)
+    and optional per-row predictions (`predict`);
+  * its evaluators (`TaskData.evaluate`, `TaskData.test`).
+
+Loss contract: `loss(model, batch, rng, denominators)` returns a scalar
+already divided by whole-batch counts (`denominators(batch)`), so summing it
+over micro-batches gives exactly the full-batch gradient, and `stats`, a dict
+of (numerator, denominator) pairs that add up over micro-batches and
+evaluation batches; `finalize` turns them into ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lmjax.errors import LmjaxError
+from lmjax.models.family import Workload
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchField:
+  """One field of a task's batch, per row (the leading batch axis is implied).
+
+  axes: logical axis names of the per-row dims (mapped by the mesh rules;
+    the batch axis is always "batch").
+  sample(rng, shape) -> a synthetic value of the full [B, ...] shape, for
+    benchmarks and tests.
+  """
+  shape: tuple[int, ...]
+  dtype: Any
+  axes: tuple[str | None, ...]
+  sample: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+
+  def __post_init__(self):
+    assert len(self.shape) == len(self.axes), (self.shape, self.axes)
+
+
+# Samplers for BatchField.sample.
+def random_ids(low: int, high: int):
+  return lambda rng, shape: rng.integers(low, high, shape, dtype=np.int32)
+
+
+def constant(value, dtype):
+  return lambda rng, shape: np.full(shape, value, dtype)
+
+
+def arange(dtype=np.int32):
+  """0, 1, ... along the last axis (positions)."""
+  return lambda rng, shape: np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
+
+
+def sorted_positions(low: int, high: int):
+  """Sorted random positions in [low, high) along the last axis."""
+  return lambda rng, shape: np.sort(rng.choice(np.arange(low, high), shape), axis=-1).astype(np.int32)
+
+
+def second_half(dtype=np.int32):
+  """0 in the first half of the last axis, 1 in the second (segment ids of a pair)."""
+  return lambda rng, shape: np.broadcast_to(np.arange(shape[-1]) >= shape[-1] // 2, shape).astype(dtype)
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What an evaluator gets from the loop: the compiled evaluation step
+  (`step(params, global_batch)`, summed stats or the task's predictions),
+  `put` (this process's rows -> global arrays) and the process layout."""
+  step: Callable
+  put: Callable[[dict], dict]
+  batch_size: int
+  process_index: int = 0
+  process_count: int = 1
+
+
+@dataclasses.dataclass
+class TaskData:
+  """What a task hands the loop once its data is ready."""
+  cfg: Any  # the run config, completed by the task (architecture from init_from, label names)
+  train: Any  # random access to the training stream: examples[k] -> one row (a dict of arrays)
+  evaluate: Callable[[EvalContext, Any], dict]  # (ctx, params) -> validation metrics
+  test: Callable[[EvalContext, Any], dict | None] | None = None  # final report on the best parameters
+  best_metric: str = ""  # validation metric whose best value is kept in WORKDIR/best ("" = none)
+  pretrained: dict[tuple, np.ndarray] | None = None  # {param path: array} that replace fresh parameters
+
+
+class Task:
+  """Base class of the tasks; a subclass sets the class attributes and
+  overrides what it needs. Instances are registered in `lmjax.tasks`."""
+
+  name: str = ""  # the objective name (train.objective)
+  model: str = "pretraining"  # which of the family's models it trains (Family.models key)
+  families: tuple[str, ...] = ()  # families it can train
+  loss_terms: tuple[str, ...] = ()  # stats whose ratios add up to the reported 'loss'
+  fine_tuning: bool = False  # starts from train.init_from (pretraining tasks refuse it)
+
+  # --- the batch ---------------------------------------------------------
+  def batch(self, cfg) -> dict[str, BatchField]:
+    raise NotImplementedError
+
+  def workload(self, cfg) -> Workload:
+    """The shapes FLOPs per token are counted for (see lmjax.models.family.Workload)."""
+    return Workload(cfg.data.max_seq_len)
+
+  # --- start ---------------------------------------------------------------
+  def check(self, cfg) -> None:
+    """Task-specific config checks (LmjaxError with the fix)."""
+
+  def configure(self, cfg, workdir: Path, resumed: bool):
+    """The run config before validation (e.g. the architecture of init_from); no data is read."""
+    return cfg
+
+  def open(self, cfg, workdir: Path, mesh, resumed: bool) -> TaskData:
+    """Tokenizer, data streams, evaluators and pretrained parameters."""
+    raise NotImplementedError
+
+  # --- loss and metrics -----------------------------------------------------
+  def denominators(self, batch: dict) -> dict:
+    raise NotImplementedError
+
+  def loss(self, model, batch: dict, rng, denominators: dict):
+    raise NotImplementedError
+
+  # fn(model, batch) -> per-row outputs, for evaluators that need more than
+  # summed stats (classification: F1, confusion matrix); None = summed stats.
+  predict: Callable | None = None
+
+  def derived(self, metrics: dict) -> dict:
+    """More metrics computed from the finalized ones (perplexity)."""
+    return {}
+
+  def format_report(self, report: dict, title: str) -> str:
+    """The final test report as printed (classification: a table)."""
+    return f"{title}: " + "  ".join(f"{k}={v:.4f}" for k, v in report.items() if isinstance(v, float))
+
+  def finalize(self, stats: dict) -> dict:
+    """(numerator, denominator) pairs -> float metrics, plus their total 'loss'."""
+    out = {k: float(num) / max(float(den), 1e-12) for k, (num, den) in stats.items()}
+    out["loss"] = sum(out[k] for k in self.loss_terms)
+    out.update(self.derived(out))
+    return out
+
+
+def synthetic_batch(task: Task, cfg, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """A global batch of the task's fields with the recipe's shapes (numpy)."""
+  b = cfg.train.batch_size
+  return {name: np.asarray(f.sample(rng, (b, *f.shape)), f.dtype) for name, f in task.batch(cfg).items()}
+
+
+def check_batch(task: Task, cfg, batch: dict, rows: int | None = None) -> None:
+  """Raises AssertionError unless `batch` has exactly the declared fields, shapes and dtypes."""
+  spec = task.batch(cfg)
+  assert set(batch) == set(spec), (sorted(batch), sorted(spec))
+  for name, f in spec.items():
+    x = np.asarray(batch[name])
+    lead = x.shape[:1] if rows is None else (rows,)
+    assert x.shape == (*lead, *f.shape), (name, x.shape, f.shape)
+    assert x.dtype == np.dtype(f.dtype), (name, x.dtype, f.dtype)
+
+
+def held_out(task: Task, ctx: EvalContext, params, examples, num_batches: int) -> dict:
+  """Summed stats over fixed held-out batches (epoch 0 of the validation stream)."""
+  import jax  # noqa: PLC0415
+
+  from lmjax.data.stream import BatchIterator  # noqa: PLC0415
+
+  it = BatchIterator(examples, ctx.batch_size, process_index=ctx.process_index, process_count=ctx.process_count,
+                     prefetch=0)
+  n = max(1, min(num_batches, len(examples) // ctx.batch_size))
+  total = None
+  for _ in range(n):
+    stats = jax.device_get(ctx.step(params, ctx.put(next(it))))
+    total = stats if total is None else jax.tree.map(np.add, total, stats)
+  return task.finalize(total)
+
+
+def weighted_ce(logits, labels, weights):
+  """Sums of cross-entropy and of correct predictions, weighted; float32."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return (ce * weights).sum(), (correct * weights).sum(), weights.sum()
+
+
+def perplexity(lm_loss: float) -> float:
+  # exp of the mean token loss; capped so an untrained model does not print inf.
+  return math.exp(min(lm_loss, 80.0))
+
+
+def refuse_init_from(task: Task, cfg) -> None:
+  if cfg.train.init_from:
+    raise LmjaxError(f"train.init_from is for fine-tuning; train.objective={task.name!r} trains from scratch "
+                     "(to continue a pretraining run, reuse its --workdir).")
