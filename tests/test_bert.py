@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from lmjax.models.bert import BertConfig, BertForPreTraining
+from lmjax.errors import LmjaxError
 from lmjax.sharding import RULE_SETS
 
 from conftest import TINY_BERT
@@ -118,6 +119,12 @@ def test_word_embeddings_are_tied_to_the_mlm_output():
   assert n_params == embeddings + cfg.num_layers * per_layer + heads
 
 
-def test_config_rejects_bad_preset():
-  with pytest.raises(ValueError, match="unknown BERT preset"):
+def test_config_rejects_bad_preset_and_sizes():
+  with pytest.raises(LmjaxError, match="unknown BERT preset"):
     BertConfig.preset("huge")
+  with pytest.raises(LmjaxError, match="model.hidden_size=100 is not divisible by model.num_heads=3"):
+    BertConfig(hidden_size=100, num_heads=3)
+  with pytest.raises(LmjaxError, match=r"model.dropout_rate=1.5 must be in \[0, 1\)"):
+    BertConfig(dropout_rate=1.5)
+  with pytest.raises(LmjaxError, match="model.num_layers=0 must be positive"):
+    BertConfig.preset("tiny", num_layers=0)

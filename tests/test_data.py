@@ -103,12 +103,12 @@ def test_examples_are_deterministic_and_remasked_each_epoch(prepared, corpus_dir
     for key, v in train[k].items():
       np.testing.assert_array_equal(v, again[k][key])
   # The same chunk in the next epoch gets a different pairing or masking.
-  epoch0 = {int(train._perm(0)[j]): j for j in range(len(train))}
-  chunk = int(train._perm(1)[0])
+  epoch0 = {int(train.order.permutation(0)[j]): j for j in range(len(train))}
+  chunk = int(train.order.permutation(1)[0])
   a, b = train[epoch0[chunk]], train[len(train)]
   assert any(not np.array_equal(a[key], b[key]) for key in a)
   # Each epoch visits every chunk once.
-  assert sorted(train._perm(3)) == list(range(len(train)))
+  assert sorted(train.order.permutation(3)) == list(range(len(train)))
 
 
 def test_process_shares_make_up_the_global_batch(prepared):
