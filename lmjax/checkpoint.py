@@ -37,6 +37,11 @@ def check_meta(saved: dict, meta: dict, directory: Path, step: int) -> None:
                for k in sorted(set(cfg_old) | set(cfg_new)) if cfg_old.get(k) != cfg_new.get(k)]
     shapes = [f"{k}: {old.get(k, 'absent')} in the checkpoint vs {new.get(k, 'absent')} now"
               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)][:2]
+    if sorted(map(str, old.values())) == sorted(map(str, new.values())) and not changed:
+      raise LmjaxError(
+          f"{directory} (step {step}) holds the same model under other parameter names "
+          f"(e.g. {'; '.join(shapes)}): it was written by an older lmjax. Load it with that version and export it "
+          "(lmjax.convert), or start a fresh --workdir.")
     raise LmjaxError(
         f"{directory} (step {step}) holds a checkpoint of a different model shape "
         f"({'; '.join(changed) or 'parameter shapes differ'}; e.g. {'; '.join(shapes)}). "

@@ -159,50 +159,6 @@ class LayerNorm(nnx.Module):
     return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
 
 
-class Attention(nnx.Module):
-  """Multi-head self-attention with an additive mask; softmax in float32."""
-
-  def __init__(self, dim: int, num_heads: int, *, init_std: float, dropout_rate: float, rngs: nnx.Rngs):
-    if dim % num_heads:
-      raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
-    self.num_heads = num_heads
-    self.head_dim = dim // num_heads
-    n, h = num_heads, self.head_dim
-    init = normal(init_std)
-    self.q_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
-    self.k_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
-    self.v_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
-    self.q_bias = param(rngs, zeros, (n, h), ("heads", "kv"))
-    self.k_bias = param(rngs, zeros, (n, h), ("heads", "kv"))
-    self.v_bias = param(rngs, zeros, (n, h), ("heads", "kv"))
-    self.out_nhd = param(rngs, init, (n, h, dim), ("heads", "kv", "embed"))
-    self.out_bias = param(rngs, zeros, (dim,), ("norm",))
-    self.dropout_rate = dropout_rate
-
-  def __call__(self, x_btd: Array, bias_b1ts: Array, rng: Array | None) -> Array:
-    dt = x_btd.dtype
-    q_btnh = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q_dnh[...].astype(dt)) + self.q_bias[...].astype(dt)
-    k_bsnh = jnp.einsum("BSD,DNH->BSNH", x_btd, self.k_dnh[...].astype(dt)) + self.k_bias[...].astype(dt)
-    v_bsnh = jnp.einsum("BSD,DNH->BSNH", x_btd, self.v_dnh[...].astype(dt)) + self.v_bias[...].astype(dt)
-    q_btnh = q_btnh * jnp.asarray(1.0 / math.sqrt(self.head_dim), dt)
-    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bsnh).astype(jnp.float32)
-    probs_bnts = jax.nn.softmax(logits_bnts + bias_b1ts, axis=-1).astype(dt)
-    probs_bnts = dropout(probs_bnts, self.dropout_rate, rng)
-    out_btnh = jnp.einsum("BNTS,BSNH->BTNH", probs_bnts, v_bsnh)
-    return jnp.einsum("BTNH,NHD->BTD", out_btnh, self.out_nhd[...].astype(dt)) + self.out_bias[...].astype(dt)
-
-
-class Mlp(nnx.Module):
-  """Dense D->F, activation, dense F->D."""
-
-  def __init__(self, dim: int, mlp_dim: int, *, init_std: float, rngs: nnx.Rngs):
-    self.up = Dense(dim, mlp_dim, ("embed", "mlp"), init_std=init_std, rngs=rngs)
-    self.down = Dense(mlp_dim, dim, ("mlp", "embed"), init_std=init_std, rngs=rngs)
-
-  def __call__(self, x_btd: Array) -> Array:
-    return self.down(gelu(self.up(x_btd)))
-
-
 class RMSNorm(nnx.Module):
   """Root-mean-square norm (Zhang & Sennrich 2019; Llama): no mean, no bias; float32 inside."""
 
@@ -228,18 +184,128 @@ def rope(x_btnh: Array, positions_bt: Array, theta: float) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_btnh.dtype)
 
 
-def grouped_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias_bts: Array, *, dropout_rate: float = 0.0,
-                      rng: Array | None = None) -> Array:
-  """Softmax attention where N query heads share K key/value heads (N = K x G;
-  K = N is multi-head, K = 1 multi-query). `bias` is additive, float32 [B, T, S].
-  q is expected pre-scaled. Returns [B, T, N, H]."""
+class Attention(nnx.Module):
+  """Dot-product attention for every family: self- or cross-attention, N query
+  heads sharing K key/value heads (K = N multi-head, K = 1 multi-query),
+  optional biases, optional rotary positions, an optional KV cache.
+
+  Masks and position biases arrive as one additive float32 `bias`
+  broadcastable to [B, N, T, S]: padding ([B, 1, 1, S], `padding_bias`),
+  causal and packed-segment masks ([B, 1, T, S], `mask_to_bias`), or a
+  per-head relative position bias ([1, N, T, S]) added to either.
+  Softmax in float32; queries scaled by 1/sqrt(H).
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, kv_heads: int = 0, use_bias: bool = True, rope_theta: float = 0.0,
+               init_std: float, out_init_std: float | None = None, dropout_rate: float = 0.0, rngs: nnx.Rngs):
+    k = kv_heads or num_heads
+    if dim % num_heads:
+      raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+    if num_heads % k:
+      raise ValueError(f"num_heads {num_heads} is not divisible by kv_heads {k}")
+    n, h = num_heads, dim // num_heads
+    self.num_heads, self.kv_heads, self.head_dim = n, k, h
+    self.rope_theta = rope_theta  # 0 = no rotary positions
+    self.dropout_rate = dropout_rate
+    init = normal(init_std)
+    self.q_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
+    self.k_dkh = param(rngs, init, (dim, k, h), ("embed", "kv_heads", "kv"))
+    self.v_dkh = param(rngs, init, (dim, k, h), ("embed", "kv_heads", "kv"))
+    if use_bias:
+      self.q_bias = param(rngs, zeros, (n, h), ("heads", "kv"))
+      self.k_bias = param(rngs, zeros, (k, h), ("kv_heads", "kv"))
+      self.v_bias = param(rngs, zeros, (k, h), ("kv_heads", "kv"))
+    else:
+      self.q_bias = self.k_bias = self.v_bias = None
+    out_std = init_std if out_init_std is None else out_init_std
+    self.out_nhd = param(rngs, normal(out_std), (n, h, dim), ("heads", "kv", "embed"))
+    self.out_bias = param(rngs, zeros, (dim,), ("norm",)) if use_bias else None
+
+  @staticmethod
+  def _project(x_btd, w, b, eq):
+    y = jnp.einsum(eq, x_btd, w[...].astype(x_btd.dtype))
+    return y if b is None else y + b[...].astype(x_btd.dtype)
+
+  def __call__(self, x_btd: Array, bias: Array, *, kv_bsd: Array | None = None, positions_bt: Array | None = None,
+               cache: dict | None = None, rng: Array | None = None) -> tuple[Array, dict | None]:
+    """Returns (output [B, T, D], the updated cache or None).
+
+    kv_bsd: keys and values come from here (cross-attention); default x.
+    positions_bt: token positions, for rotary positions and the cache.
+    cache: {"k", "v"}: [B, S, K, H]; the new keys and values are written at
+      `positions` (each row's own offset) and the queries attend over all S
+      slots; `bias` masks the slots not yet written.
+    """
+    kv_bsd = x_btd if kv_bsd is None else kv_bsd
+    q_btnh = self._project(x_btd, self.q_dnh, self.q_bias, "BTD,DNH->BTNH")
+    k_bskh = self._project(kv_bsd, self.k_dkh, self.k_bias, "BSD,DKH->BSKH")
+    v_bskh = self._project(kv_bsd, self.v_dkh, self.v_bias, "BSD,DKH->BSKH")
+    if self.rope_theta:
+      q_btnh = rope(q_btnh, positions_bt, self.rope_theta)
+      k_bskh = rope(k_bskh, positions_bt, self.rope_theta)
+    q_btnh = q_btnh * jnp.asarray(1.0 / math.sqrt(self.head_dim), q_btnh.dtype)
+    if cache is not None:
+      write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (i, 0, 0)))
+      k_bskh = write(cache["k"], k_bskh, positions_bt[:, 0])
+      v_bskh = write(cache["v"], v_bskh, positions_bt[:, 0])
+      cache = {"k": k_bskh, "v": v_bskh}
+    out_btnh = attend(q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), bias,
+                      dropout_rate=self.dropout_rate, rng=rng)
+    y_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.out_nhd[...].astype(x_btd.dtype))
+    if self.out_bias is not None:
+      y_btd = y_btd + self.out_bias[...].astype(x_btd.dtype)
+    return y_btd, cache
+
+
+def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array, *, dropout_rate: float = 0.0,
+           rng: Array | None = None) -> Array:
+  """Softmax attention of pre-scaled queries; N query heads share K key/value
+  heads (N = K x G). `bias`: additive float32, broadcastable to [B, N, T, S].
+  Returns [B, T, N, H]."""
   b, t, n, h = q_btnh.shape
   k = k_bskh.shape[2]
-  q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
+  if k == n:  # multi-head: no group axis
+    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bskh).astype(jnp.float32)
+    probs_bnts = jax.nn.softmax(logits_bnts + bias, axis=-1).astype(q_btnh.dtype)
+    probs_bnts = dropout(probs_bnts, dropout_rate, rng)
+    return jnp.einsum("BNTS,BSNH->BTNH", probs_bnts, v_bskh)
+  g = n // k
+  bias_bkgts = bias[:, :, None] if bias.shape[1] == 1 else bias.reshape(bias.shape[0], k, g, *bias.shape[2:])
+  q_btkgh = q_btnh.reshape(b, t, k, g, h)
   logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh).astype(jnp.float32)
-  probs_bkgts = jax.nn.softmax(logits_bkgts + bias_bts[:, None, None], axis=-1).astype(q_btnh.dtype)
+  probs_bkgts = jax.nn.softmax(logits_bkgts + bias_bkgts, axis=-1).astype(q_btnh.dtype)
   probs_bkgts = dropout(probs_bkgts, dropout_rate, rng)
   return jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh).reshape(b, t, n, h)
+
+
+ACTIVATIONS = {
+    "gelu": gelu,  # exact (erf): BERT
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2, T5.1.1's gated-GELU
+    "relu": jax.nn.relu,  # T5
+    "silu": jax.nn.silu,  # Llama's SwiGLU
+}
+
+
+class Mlp(nnx.Module):
+  """Position-wise feed-forward block for every family: D -> F, activation, F -> D;
+  gated (`gated=True`: act(x W_gate) * x W_up, as SwiGLU with silu or
+  gated-GELU with gelu_tanh) or not."""
+
+  def __init__(self, dim: int, mlp_dim: int, *, activation: str = "gelu", gated: bool = False,
+               use_bias: bool = True, init_std: float, out_init_std: float | None = None, rngs: nnx.Rngs):
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    self.activation = activation
+    out_std = init_std if out_init_std is None else out_init_std
+    self.gate = Dense(dim, mlp_dim, ("embed", "mlp"), init_std=init_std, use_bias=use_bias, rngs=rngs) if gated else None
+    self.up = Dense(dim, mlp_dim, ("embed", "mlp"), init_std=init_std, use_bias=use_bias, rngs=rngs)
+    self.down = Dense(mlp_dim, dim, ("mlp", "embed"), init_std=out_std, use_bias=use_bias, rngs=rngs)
+
+  def __call__(self, x_btd: Array) -> Array:
+    act = ACTIVATIONS[self.activation]
+    if self.gate is not None:
+      return self.down(act(self.gate(x_btd)) * self.up(x_btd))
+    return self.down(act(self.up(x_btd)))
 
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)

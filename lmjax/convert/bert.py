@@ -83,10 +83,11 @@ def _encoder_maps(cfg: BertConfig) -> list[_Map]:
   ]
   for i in range(cfg.num_layers):
     hf, path = f"encoder.layer.{i}", ("layers", i)
-    for name, short in (("query", "q"), ("key", "k"), ("value", "v")):
+    for name, weight in (("query", "q_dnh"), ("key", "k_dkh"), ("value", "v_dkh")):
+      short = weight[0]
       maps += [
           # [N*H, D] -> [D, N, H]
-          _Map(f"{hf}.attention.self.{name}.weight", path + ("attention", f"{short}_dnh"),
+          _Map(f"{hf}.attention.self.{name}.weight", path + ("attention", weight),
                lambda w, c: w.T.reshape(c.hidden_size, *_heads(c)), lambda w, c: w.reshape(c.hidden_size, -1).T),
           _Map(f"{hf}.attention.self.{name}.bias", path + ("attention", f"{short}_bias"),
                lambda b, c: b.reshape(_heads(c)), lambda b, c: b.reshape(-1)),

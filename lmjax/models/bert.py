@@ -121,17 +121,17 @@ class EncoderLayer(nnx.Module):
     self.attention = L.Attention(cfg.hidden_size, cfg.num_heads, init_std=cfg.init_std,
                                  dropout_rate=cfg.attention_dropout_rate, rngs=rngs)
     self.attention_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
-    self.mlp = L.Mlp(cfg.hidden_size, cfg.mlp_dim, init_std=cfg.init_std, rngs=rngs)
+    self.mlp = L.Mlp(cfg.hidden_size, cfg.mlp_dim, activation="gelu", init_std=cfg.init_std, rngs=rngs)
     self.mlp_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
 
   def __call__(self, x_btd: Array, bias_b1ts: Array, rng: Array | None) -> Array:
     r_attn, r1, r2 = L.split_rng(rng, 3)
     p = self.cfg.dropout_rate
     if self.cfg.pre_ln:
-      x_btd = x_btd + L.dropout(self.attention(self.attention_norm(x_btd), bias_b1ts, r_attn), p, r1)
+      x_btd = x_btd + L.dropout(self.attention(self.attention_norm(x_btd), bias_b1ts, rng=r_attn)[0], p, r1)
       x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd)), p, r2)
     else:
-      x_btd = self.attention_norm(x_btd + L.dropout(self.attention(x_btd, bias_b1ts, r_attn), p, r1))
+      x_btd = self.attention_norm(x_btd + L.dropout(self.attention(x_btd, bias_b1ts, rng=r_attn)[0], p, r1))
       x_btd = self.mlp_norm(x_btd + L.dropout(self.mlp(x_btd), p, r2))
     return L.shard(x_btd, L.ACT_BTD)
 

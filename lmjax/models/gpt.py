@@ -132,89 +132,27 @@ def _norm(cfg: GptConfig, rngs: nnx.Rngs) -> nnx.Module:
   return cls(cfg.hidden_size, cfg.norm_eps, rngs=rngs)
 
 
-class Attention(nnx.Module):
-  """Causal self-attention with grouped kv heads, optional RoPE and a KV cache."""
-
-  def __init__(self, cfg: GptConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    init, out_init = L.normal(cfg.init_std), L.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))
-    self.q_dnh = L.param(rngs, init, (d, n, h), ("embed", "heads", "kv"))
-    self.k_dkh = L.param(rngs, init, (d, k, h), ("embed", "kv_heads", "kv"))
-    self.v_dkh = L.param(rngs, init, (d, k, h), ("embed", "kv_heads", "kv"))
-    self.out_nhd = L.param(rngs, out_init, (n, h, d), ("heads", "kv", "embed"))
-    if cfg.use_bias:
-      self.q_bias = L.param(rngs, L.zeros, (n, h), ("heads", "kv"))
-      self.k_bias = L.param(rngs, L.zeros, (k, h), ("kv_heads", "kv"))
-      self.v_bias = L.param(rngs, L.zeros, (k, h), ("kv_heads", "kv"))
-      self.out_bias = L.param(rngs, L.zeros, (d,), ("norm",))
-    else:
-      self.q_bias = self.k_bias = self.v_bias = self.out_bias = None
-
-  def _project(self, x_btd, w, b, eq):
-    y = jnp.einsum(eq, x_btd, w[...].astype(x_btd.dtype))
-    return y if b is None else y + b[...].astype(x_btd.dtype)
-
-  def __call__(self, x_btd: Array, positions_bt: Array, bias_bts: Array, cache: dict | None,
-               rng: Array | None) -> tuple[Array, dict | None]:
-    """Without a cache, keys are the T inputs themselves. With one ({"k", "v"}:
-    [B, S, K, H]), the new keys and values are written at `positions` (each
-    row's own offset) and the queries attend over all S slots; `bias` masks
-    the slots not yet written."""
-    cfg = self.cfg
-    q_btnh = self._project(x_btd, self.q_dnh, self.q_bias, "BTD,DNH->BTNH")
-    k_btkh = self._project(x_btd, self.k_dkh, self.k_bias, "BTD,DKH->BTKH")
-    v_btkh = self._project(x_btd, self.v_dkh, self.v_bias, "BTD,DKH->BTKH")
-    if cfg.position == "rope":
-      q_btnh = L.rope(q_btnh, positions_bt, cfg.rope_theta)
-      k_btkh = L.rope(k_btkh, positions_bt, cfg.rope_theta)
-    q_btnh = q_btnh * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q_btnh.dtype)
-    if cache is None:
-      k_bskh, v_bskh = k_btkh, v_btkh
-    else:
-      write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (i, 0, 0)))
-      k_bskh = write(cache["k"], k_btkh, positions_bt[:, 0])
-      v_bskh = write(cache["v"], v_btkh, positions_bt[:, 0])
-      cache = {"k": k_bskh, "v": v_bskh}
-    out_btnh = L.grouped_attention(q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), bias_bts,
-                                   dropout_rate=cfg.attention_dropout_rate, rng=rng)
-    y_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.out_nhd[...].astype(x_btd.dtype))
-    if self.out_bias is not None:
-      y_btd = y_btd + self.out_bias[...].astype(x_btd.dtype)
-    return y_btd, cache
-
-
-class Mlp(nnx.Module):
-  """GPT-2: D -> F, tanh-GELU, F -> D.  Llama (SwiGLU): (silu(x W_gate) * x W_up) W_down."""
-
-  def __init__(self, cfg: GptConfig, *, rngs: nnx.Rngs):
-    d, f, std = cfg.hidden_size, cfg.mlp_dim, cfg.init_std
-    self.swiglu = cfg.mlp == "swiglu"
-    out_std = std / math.sqrt(2 * cfg.num_layers)
-    self.gate = L.Dense(d, f, ("embed", "mlp"), init_std=std, use_bias=cfg.use_bias, rngs=rngs) if self.swiglu else None
-    self.up = L.Dense(d, f, ("embed", "mlp"), init_std=std, use_bias=cfg.use_bias, rngs=rngs)
-    self.down = L.Dense(f, d, ("mlp", "embed"), init_std=out_std, use_bias=cfg.use_bias, rngs=rngs)
-
-  def __call__(self, x_btd: Array) -> Array:
-    if self.swiglu:
-      return self.down(jax.nn.silu(self.gate(x_btd)) * self.up(x_btd))
-    return self.down(jax.nn.gelu(self.up(x_btd), approximate=True))
-
-
 class Block(nnx.Module):
   """Pre-LN decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
   def __init__(self, cfg: GptConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)  # residual projections (GPT-2)
     self.attention_norm = _norm(cfg, rngs)
-    self.attention = Attention(cfg, rngs=rngs)
+    self.attention = L.Attention(cfg.hidden_size, cfg.num_heads, kv_heads=cfg.kv_heads, use_bias=cfg.use_bias,
+                                 rope_theta=cfg.rope_theta if cfg.position == "rope" else 0.0,
+                                 init_std=cfg.init_std, out_init_std=out_std,
+                                 dropout_rate=cfg.attention_dropout_rate, rngs=rngs)
     self.mlp_norm = _norm(cfg, rngs)
-    self.mlp = Mlp(cfg, rngs=rngs)
+    swiglu = cfg.mlp == "swiglu"
+    self.mlp = L.Mlp(cfg.hidden_size, cfg.mlp_dim, activation="silu" if swiglu else "gelu_tanh", gated=swiglu,
+                     use_bias=cfg.use_bias, init_std=cfg.init_std, out_init_std=out_std, rngs=rngs)
 
-  def __call__(self, x_btd, positions_bt, bias_bts, cache, rng):
+  def __call__(self, x_btd, positions_bt, bias_b1ts, cache, rng):
     r_attn, r1, r2 = L.split_rng(rng, 3)
     p = self.cfg.dropout_rate
-    h_btd, cache = self.attention(self.attention_norm(x_btd), positions_bt, bias_bts, cache, r_attn)
+    h_btd, cache = self.attention(self.attention_norm(x_btd), bias_b1ts, positions_bt=positions_bt, cache=cache,
+                                  rng=r_attn)
     x_btd = x_btd + L.dropout(h_btd, p, r1)
     x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd)), p, r2)
     # The residual stream's gradient is materialised here once per layer (see L.grad_boundary).
@@ -234,7 +172,7 @@ class GptForCausalLM(nnx.Module):
     self.lm_head = (None if cfg.tie_embeddings else
                     L.param(rngs, L.normal(cfg.init_std), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab")))
 
-  def _forward(self, ids_bt, positions_bt, bias_bts, caches, rng):
+  def _forward(self, ids_bt, positions_bt, bias_b1ts, caches, rng):
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     rngs = L.split_rng(rng, cfg.num_layers + 1)
@@ -244,7 +182,7 @@ class GptForCausalLM(nnx.Module):
     x_btd = L.shard(L.dropout(x_btd, cfg.dropout_rate, rngs[0]), L.ACT_BTD)
     new_caches = []
     for i, layer in enumerate(self.layers):
-      x_btd, c = layer(x_btd, positions_bt, bias_bts, None if caches is None else caches[i], rngs[i + 1])
+      x_btd, c = layer(x_btd, positions_bt, bias_b1ts, None if caches is None else caches[i], rngs[i + 1])
       new_caches.append(c)
     x_btd = self.final_norm(x_btd)
     if self.lm_head is None:
@@ -267,7 +205,7 @@ class GptForCausalLM(nnx.Module):
     allowed_bts = jnp.broadcast_to(idx[:, None] >= idx[None, :], (b, t, t))
     if segment_ids_bt is not None:
       allowed_bts = allowed_bts & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
-    logits_btv, _ = self._forward(ids_bt, positions_bt, L.mask_to_bias(allowed_bts), None, rng)
+    logits_btv, _ = self._forward(ids_bt, positions_bt, L.mask_to_bias(allowed_bts[:, None]), None, rng)
     return logits_btv
 
   def decode(self, ids_bt: Array, positions_bt: Array, cache: list[dict]) -> tuple[Array, list[dict]]:
@@ -280,7 +218,7 @@ class GptForCausalLM(nnx.Module):
     """
     s = cache[0]["k"].shape[1]
     allowed_bts = jnp.arange(s)[None, None, :] <= positions_bt[:, :, None]
-    return self._forward(ids_bt, positions_bt, L.mask_to_bias(allowed_bts), cache, None)
+    return self._forward(ids_bt, positions_bt, L.mask_to_bias(allowed_bts[:, None]), cache, None)
 
 
 def init_cache(cfg: GptConfig, batch: int, length: int, dtype=None) -> list[dict]:
