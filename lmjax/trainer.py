@@ -1,5 +1,9 @@
 """Sharded state, the pure train/eval steps, and the training loop.
 
+The loop knows only the task protocol (`lmjax.tasks.base.Task`: batch
+declaration, data, loss, evaluators) and the family record
+(`lmjax.models.family.Family`); it names no family and no objective.
+
 The state is a pytree {"step", "params", "opt_state"}: parameters as a plain
 nested dict (from `nnx.split` + `nnx.to_pure_dict`), merged back into the
 module inside the step. One `jax.jit` per step with explicit shardings and
@@ -48,6 +52,11 @@ def validate(cfg: config_lib.Config, mesh, task: tasks.Task | None = None) -> No
   if d.max_seq_len < 2:
     raise LmjaxError(f"data.max_seq_len={d.max_seq_len} is too short; use at least 2.")
   task.check(cfg)
+  unused = config_lib.unused_data_fields(d, task.data_groups)
+  if unused:
+    log(f"warning: {', '.join(f'data.{f}' for f in unused)} "
+        f"{'is' if len(unused) == 1 else 'are'} set but train.objective={task.name!r} does not read "
+        f"{'it' if len(unused) == 1 else 'them'} (its data groups: common, {', '.join(task.data_groups) or '-'}).")
   if t.steps < 1 or t.batch_size < 1 or t.grad_accum_steps < 1:
     raise LmjaxError("train.steps, train.batch_size and train.grad_accum_steps must be positive.")
   if t.batch_size % t.grad_accum_steps:

@@ -53,8 +53,7 @@ TINY_BERT = BertConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=4
                        max_position_embeddings=32)
 
 
-@pytest.fixture
-def tiny_cfg(corpus_dir, cache_dir) -> Config:
+def make_tiny_cfg(corpus_dir: Path, cache_dir: Path) -> Config:
   """A run config that trains in seconds on the synthetic corpus."""
   return Config(
       model=TINY_BERT,
@@ -65,6 +64,22 @@ def tiny_cfg(corpus_dir, cache_dir) -> Config:
       checkpoint=CheckpointConfig(every=3, keep=5, async_save=True),
       logging=LoggingConfig(every=1, tensorboard=True, progress_bar=False),
   )
+
+
+@pytest.fixture
+def tiny_cfg(corpus_dir, cache_dir) -> Config:
+  return make_tiny_cfg(corpus_dir, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretraining_run(corpus_dir, cache_dir, tmp_path_factory) -> Path:
+  """`tiny_cfg` trained once per test session: checkpoints and evaluations at steps 3
+  and 6. Read it, or copy it before running train.py on it. Tests using it carry
+  @pytest.mark.xdist_group("tiny_pretraining_run"), so one worker builds it."""
+  from lmjax import trainer
+  workdir = tmp_path_factory.mktemp("tiny_pretraining_run")
+  trainer.train(make_tiny_cfg(corpus_dir, cache_dir), workdir)
+  return workdir
 
 
 def replace(cfg: Config, **sections) -> Config:

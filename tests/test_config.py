@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,3 +82,23 @@ def test_flops_per_token_hand_count():
   per_seq = (2 * 8 * 8 + 2 * 8 * 2) / t  # pooler + NSP
   assert cfg.flops_per_token(Workload(t, p), training=False) == pytest.approx(per_layer + mlm + per_seq)
   assert cfg.flops_per_token(Workload(t, p)) == pytest.approx(3 * (per_layer + mlm + per_seq))
+
+
+def test_data_groups_partition_the_data_section_and_tasks_name_theirs():
+  from lmjax import tasks
+  grouped = [f for fields in config_lib.DATA_GROUPS.values() for f in fields]
+  assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(config_lib.DataConfig))
+  assert len(grouped) == len(set(grouped))
+  for task in tasks.TASKS.values():
+    assert set(task.data_groups) <= set(config_lib.DATA_GROUPS) - {"common"}, task.name
+  data = config_lib.DataConfig(mask_prob=0.2, text_column="review", max_seq_len=64)
+  assert config_lib.unused_data_fields(data, tasks.get("causal_lm").data_groups) == ["mask_prob", "text_column"]
+  assert config_lib.unused_data_fields(data, tasks.get("mlm_nsp").data_groups) == ["text_column"]
+  assert config_lib.unused_data_fields(data, tasks.get("classification").data_groups) == ["mask_prob"]
+
+
+def test_a_field_the_task_does_not_read_is_reported(tiny_cfg, capsys):
+  from lmjax import sharding as sh
+  from lmjax import trainer
+  trainer.validate(config_lib.override(tiny_cfg, ["data.text_column=review"]), sh.make_mesh(-1, 1, 1))
+  assert "data.text_column is set but train.objective='mlm_nsp' does not read it" in capsys.readouterr().err

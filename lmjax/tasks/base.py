@@ -108,6 +108,7 @@ class Task:
   families: tuple[str, ...] = ()  # families it can train
   loss_terms: tuple[str, ...] = ()  # stats whose ratios add up to the reported 'loss'
   fine_tuning: bool = False  # starts from train.init_from (pretraining tasks refuse it)
+  data_groups: tuple[str, ...] = ()  # DataConfig groups it reads besides "common" (lmjax.config.DATA_GROUPS)
 
   # --- the batch ---------------------------------------------------------
   def batch(self, cfg) -> dict[str, BatchField]:
@@ -121,8 +122,9 @@ class Task:
   def check(self, cfg) -> None:
     """Task-specific config checks (LmjaxError with the fix)."""
 
-  def configure(self, cfg, workdir: Path, resumed: bool):
-    """The run config before validation (e.g. the architecture of init_from); no data is read."""
+  def configure(self, cfg, workdir: Path | None, resumed: bool):
+    """The run config before validation (e.g. the architecture of init_from); no data is read.
+    workdir is None outside a run (the benchmark)."""
     return cfg
 
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> TaskData:

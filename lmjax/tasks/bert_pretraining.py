@@ -35,6 +35,7 @@ class MlmNsp(base.Task):
   name = "mlm_nsp"
   families = ("bert",)
   loss_terms = ("mlm_loss", "nsp_loss")
+  data_groups = ("corpus", "bert_examples")
 
   def batch(self, cfg) -> dict[str, BatchField]:
     t, p, v = cfg.data.max_seq_len, cfg.data.max_predictions_per_seq, cfg.model.vocab_size

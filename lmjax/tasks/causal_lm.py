@@ -22,6 +22,7 @@ class CausalLm(base.Task):
   name = "causal_lm"
   families = ("gpt",)
   loss_terms = ("lm_loss",)
+  data_groups = ("corpus",)
 
   def batch(self, cfg) -> dict[str, BatchField]:
     t, v = cfg.data.max_seq_len, cfg.model.vocab_size

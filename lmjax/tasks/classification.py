@@ -36,6 +36,7 @@ class Classification(base.Task):
   model = "classification"
   families = ("bert",)
   loss_terms = ("cls_loss",)
+  data_groups = ("labelled",)
   fine_tuning = True
 
   def batch(self, cfg) -> dict[str, BatchField]:
@@ -67,10 +68,10 @@ class Classification(base.Task):
       return None
     return runs.inspect(cfg.train.init_from, "train.init_from", self.families, f"{self.name} fine-tuning")
 
-  def configure(self, cfg, workdir: Path, resumed: bool):
+  def configure(self, cfg, workdir: Path | None, resumed: bool):
     """The recipe's model section with the architecture of train.init_from."""
-    saved = Path(workdir) / "config.json"
     init_from = cfg.train.init_from
+    saved = None if workdir is None else Path(workdir) / "config.json"
     if resumed and init_from and saved.exists() and not Path(init_from).expanduser().exists():
       # The run already holds the weights; the model it started from may be gone.
       from lmjax import config as config_lib  # noqa: PLC0415

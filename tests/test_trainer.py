@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +23,17 @@ def records(workdir, split="train"):
   return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
-def test_resume_equals_uninterrupted_even_on_another_mesh(tiny_cfg, tmp_path):
+@pytest.mark.xdist_group("tiny_pretraining_run")  # one worker builds the shared run once
+def test_resume_equals_uninterrupted_even_on_another_mesh(tiny_cfg, tiny_pretraining_run, tmp_path):
   """3 steps under data parallelism, then the same command resumes under FSDP + TP: the
   metrics equal an uninterrupted run's (to float reduction order; the same-mesh resume
   is checked bit-exactly by the Ctrl-C test)."""
-  trainer.train(tiny_cfg, tmp_path / "straight")
   trainer.train(replace(tiny_cfg, train=dict(steps=3)), tmp_path / "resumed")
   assert checkpoint.Checkpointer(tmp_path / "resumed", every=1, keep=1, async_save=False).latest_step() == 3
   other_mesh = replace(tiny_cfg, mesh=dict(data=1, fsdp=2, tensor=4, rules="fsdp_tp"))
   last_eval = trainer.train(other_mesh, tmp_path / "resumed")  # same command, more steps: resumes at 3
 
-  straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
+  straight, resumed = records(tiny_pretraining_run), records(tmp_path / "resumed")
   assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # no step logged twice
   for a, b in zip(straight, resumed):
     assert a["step"] == b["step"]
@@ -63,11 +64,12 @@ def test_loss_falls(tiny_cfg, tmp_path):
   assert np.mean(losses[-2:]) < losses[0] - 0.4, losses
 
 
-def test_workdir_with_another_model_shape(tiny_cfg, tmp_path):
-  trainer.train(replace(tiny_cfg, train=dict(steps=1, eval_every=0)), tmp_path)
-  bigger = replace(tiny_cfg, model=dict(hidden_size=64, mlp_dim=128), train=dict(steps=2))
+@pytest.mark.xdist_group("tiny_pretraining_run")  # one worker builds the shared run once
+def test_workdir_with_another_model_shape(tiny_cfg, tiny_pretraining_run, tmp_path):
+  shutil.copytree(tiny_pretraining_run, tmp_path / "run")
+  bigger = replace(tiny_cfg, model=dict(hidden_size=64, mlp_dim=128), train=dict(steps=7))
   with pytest.raises(LmjaxError, match=r"different model shape \(hidden_size: 32 in the checkpoint vs 64 now"):
-    trainer.train(bigger, tmp_path)
+    trainer.train(bigger, tmp_path / "run")
 
 
 def test_sequence_longer_than_positions(tiny_cfg, tmp_path):

@@ -127,20 +127,20 @@ def finetuning_best(work):
     best.close()
 
 
-def test_init_from_an_lmjax_pretraining_run(tiny_cfg, cls_cfg, tmp_path):
+@pytest.mark.xdist_group("tiny_pretraining_run")  # one worker builds the shared run once
+def test_init_from_an_lmjax_pretraining_run(tiny_pretraining_run, cls_cfg, tmp_path):
   """The encoder comes from the pretraining checkpoint, the heads are dropped, the classifier is new."""
-  pre = tmp_path / "pretrain"
-  trainer.train(replace(tiny_cfg, train=dict(steps=1, eval_every=0)), pre)
+  pre = tiny_pretraining_run
   # learning rate 0: the fine-tuning checkpoint holds exactly the initial parameters
   cfg = replace(cls_cfg, model=dict(hidden_size=8),
-                train=dict(init_from=str(pre / "checkpoints" / "1"), steps=1, eval_every=0, learning_rate=0.0))
+                train=dict(init_from=str(pre / "checkpoints" / "3"), steps=1, eval_every=0, learning_rate=0.0))
   work = tmp_path / "finetune"
   trainer.train(cfg, work)
   saved = json.loads((work / "config.json").read_text())
   assert saved["model"]["hidden_size"] == TINY_BERT.hidden_size  # the architecture comes from init_from
   assert (work / "tokenizer.model").read_bytes() == (pre / "tokenizer.model").read_bytes()
 
-  loaded = runs.backbone_params(runs.inspect(str(pre)))
+  loaded = runs.backbone_params(runs.inspect(pre / "checkpoints" / "3"))
   assert loaded and all(k[0] == "bert" for k in loaded)
   params = jax.device_get(runs.open_run(work / "checkpoints" / "1", tokenizer=False).params)
   assert set(params) == {"bert", "classifier"}  # no MLM / NSP heads
