@@ -205,6 +205,16 @@ def perplexity(lm_loss: float) -> float:
   return math.exp(min(lm_loss, 80.0))
 
 
+def check_positions(cfg, what: str) -> None:
+  """data.max_seq_len must fit the model's model.max_position_embeddings (`what` names it)."""
+  m, d = cfg.model, cfg.data
+  if d.max_seq_len > m.max_position_embeddings:
+    raise LmjaxError(
+        f"data.max_seq_len={d.max_seq_len} is larger than the model's {what} "
+        f"(model.max_position_embeddings={m.max_position_embeddings}). Lower data.max_seq_len or raise "
+        f"model.max_position_embeddings (a pretrained table cannot grow).")
+
+
 def refuse_init_from(task: Task, cfg) -> None:
   if cfg.train.init_from:
     raise LmjaxError(f"train.init_from is for fine-tuning; train.objective={task.name!r} trains from scratch "

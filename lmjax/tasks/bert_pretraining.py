@@ -21,12 +21,8 @@ from lmjax.tasks.base import BatchField
 
 
 def check_bert_lengths(cfg) -> None:
-  m, d = cfg.model, cfg.data
-  if d.max_seq_len > m.max_position_embeddings:
-    raise LmjaxError(
-        f"data.max_seq_len={d.max_seq_len} is larger than the model's position table "
-        f"(model.max_position_embeddings={m.max_position_embeddings}). Lower data.max_seq_len or raise "
-        f"model.max_position_embeddings (a pretrained table cannot grow).")
+  base.check_positions(cfg, "position table")
+  d = cfg.data
   if d.max_seq_len < 8:
     raise LmjaxError(f"data.max_seq_len={d.max_seq_len} is too short for [CLS] A [SEP] B [SEP]; use at least 8.")
 

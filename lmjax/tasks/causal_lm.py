@@ -35,12 +35,7 @@ class CausalLm(base.Task):
     }
 
   def check(self, cfg) -> None:
-    m, d = cfg.model, cfg.data
-    if d.max_seq_len > m.max_position_embeddings:
-      raise LmjaxError(
-          f"data.max_seq_len={d.max_seq_len} is larger than the model's context window "
-          f"(model.max_position_embeddings={m.max_position_embeddings}). Lower data.max_seq_len or raise "
-          f"model.max_position_embeddings (a pretrained table cannot grow).")
+    base.check_positions(cfg, "context window")
     base.refuse_init_from(self, cfg)
 
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
