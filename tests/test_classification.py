@@ -116,6 +116,9 @@ def test_classification_learns_a_separable_task_and_predict_cli(cls_cfg, tmp_pat
   got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [g["label"] for g in got] == ["pos", "neg"]
   assert sum(got[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+  assert predict.Classifier(work, "best").step == best["step"]  # the run loader's best checkpoint
+  assert predict.Classifier(work).step == best["step"]  # auto: best when the run keeps one
+  assert predict.Classifier(work, "latest").step == 160
 
 
 def finetuning_best(work):
