@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from lmjax.errors import LmjaxError, cli
+from lmjax.metrics import log
 
 PROMPT_BUCKET = 64  # prompt lengths are padded up to a multiple of this (fewer compilations)
 
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_ids.add(ids[0])
   encoded = tok.encode(prompts)
   gen = Generator(m.cfg, m.params)
-  print(f"lmjax: {m.source}, {len(prompts)} prompt(s)", file=sys.stderr, flush=True)
+  log(f"{m.source}, {len(prompts)} prompt(s)")
   stream = len(prompts) == 1
   shown = {"ids": [], "text": ""}
 
@@ -290,15 +291,14 @@ def main(argv: list[str] | None = None) -> int:
   if stream:
     print()
   if out.max_new_tokens < sampling.max_new_tokens:
-    print(f"lmjax: generated at most {out.max_new_tokens} tokens: the context window "
-          f"({m.cfg.max_position_embeddings}) ends there", file=sys.stderr)
+    log(f"generated at most {out.max_new_tokens} tokens: the context window "
+          f"({m.cfg.max_position_embeddings}) ends there")
   if not stream:
     for prompt, ids, new in zip(prompts, encoded, out.tokens):
       print(f"{prompt}{continuation(ids, [t for t in new if t not in stop_ids])}\n")
   n = sum(len(t) for t in out.tokens)
-  print(f"lmjax: {n} new tokens; prefill {out.prefill_s:.2f}s, decode {out.decode_s:.2f}s "
-        f"({out.steps / max(out.decode_s, 1e-9) * len(prompts):.1f} tokens/s incl. compilation)",
-        file=sys.stderr)
+  log(f"{n} new tokens; prefill {out.prefill_s:.2f}s, decode {out.decode_s:.2f}s "
+        f"({out.steps / max(out.decode_s, 1e-9) * len(prompts):.1f} tokens/s incl. compilation)")
   return 0
 
 

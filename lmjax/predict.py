@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from lmjax.errors import LmjaxError, cli
+from lmjax.metrics import log
 
 
 class Classifier:
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, pairs = [s[0] for s in split], [s[1] if len(s) > 1 else "" for s in split]
   probs, truncated = clf.predict(texts, pairs)
   if truncated:
-    print(f"lmjax: warning: {truncated} input(s) longer than {clf.cfg.data.max_seq_len} tokens were truncated",
-          file=sys.stderr)
+    log(f"warning: {truncated} input(s) longer than {clf.cfg.data.max_seq_len} tokens were truncated")
   for i, text in enumerate(texts):
     k = int(probs[i].argmax())
     if args.json:

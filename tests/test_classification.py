@@ -15,7 +15,6 @@ import pytest
 
 from lmjax import runs, trainer
 from lmjax.tasks import classification as cls_task
-from lmjax import sharding as sh
 from lmjax.config import Config, DataConfig
 from lmjax.data import classification_examples as finetune
 from lmjax.data import labelled as classification

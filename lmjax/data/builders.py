@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from lmjax.data import fetch, text
 from lmjax.errors import LmjaxError
+from lmjax.metrics import log
 
 _FEATURES = dict(id=tfds.features.Text(), sentences=tfds.features.Sequence(tfds.features.Text()))
 
@@ -144,7 +145,7 @@ def load_corpus(data_cfg) -> tuple[str, dict]:
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()  # tqdm bars in a log file are noise; the messages below stay
   if not Path(builder.data_dir).joinpath("dataset_info.json").exists():
-    print(f"lmjax: preparing corpus {builder.name} in {builder.data_dir}", file=sys.stderr, flush=True)
+    log(f"preparing corpus {builder.name} in {builder.data_dir}")
   builder.download_and_prepare()
   sources = builder.as_data_source()
   for split in ("train", "validation"):

@@ -14,14 +14,12 @@ is padded with rows of weight 0 that count nowhere.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 
 from lmjax.data.stream import EpochShuffle
 from lmjax.errors import LmjaxError
-
-KEYS = ("input_ids", "type_ids", "input_mask", "label", "weight")
+from lmjax.metrics import log
 
 
 @dataclasses.dataclass
@@ -114,7 +112,7 @@ def prepare(labelled, tok, data_cfg, splits: tuple[str, ...]) -> dict[str, Encod
       if data_cfg.truncation == "error":
         raise LmjaxError(f"{msg}. Raise data.max_seq_len (up to the model's positions) or set "
                          "data.truncation=warn to cut them.")
-      print(f"lmjax: warning: {msg}; they were truncated (data.truncation=warn).", file=sys.stderr, flush=True)
+      log(f"warning: {msg}; they were truncated (data.truncation=warn).")
     out[split] = enc
   return out
 

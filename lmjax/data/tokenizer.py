@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
 from lmjax.errors import LmjaxError
+from lmjax.metrics import log
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 NUM_SPECIAL = 5
@@ -74,8 +74,7 @@ def train(sentences: list[str], vocab_size: int, out_path: Path, *, seed: int, m
   if max_sentences and len(sentences) > max_sentences:
     rng = np.random.default_rng(seed)
     sentences = [sentences[i] for i in sorted(rng.choice(len(sentences), max_sentences, replace=False))]
-  print(f"lmjax: training a sentencepiece tokenizer (vocabulary {vocab_size}) on {len(sentences):,} sentences",
-        file=sys.stderr, flush=True)
+  log(f"training a sentencepiece tokenizer (vocabulary {vocab_size}) on {len(sentences):,} sentences")
   spm.set_random_generator_seed(seed)
   model = io.BytesIO()
   spm.SentencePieceTrainer.Train(
