@@ -193,22 +193,26 @@ class Attention(nnx.Module):
   broadcastable to [B, N, T, S]: padding ([B, 1, 1, S], `padding_bias`),
   causal and packed-segment masks ([B, 1, T, S], `mask_to_bias`), or a
   per-head relative position bias ([1, N, T, S]) added to either.
-  Softmax in float32; queries scaled by 1/sqrt(H).
+  Softmax in float32. Queries are scaled by 1/sqrt(H) unless `scale=False`
+  (T5, whose initialisation folds that factor into the query weights).
+  The head width H is dim / num_heads unless `head_dim` sets it.
   """
 
-  def __init__(self, dim: int, num_heads: int, *, kv_heads: int = 0, use_bias: bool = True, rope_theta: float = 0.0,
-               init_std: float, out_init_std: float | None = None, dropout_rate: float = 0.0, rngs: nnx.Rngs):
+  def __init__(self, dim: int, num_heads: int, *, kv_heads: int = 0, head_dim: int = 0, use_bias: bool = True,
+               rope_theta: float = 0.0, scale: bool = True, init_std: float, q_init_std: float | None = None,
+               out_init_std: float | None = None, dropout_rate: float = 0.0, rngs: nnx.Rngs):
     k = kv_heads or num_heads
-    if dim % num_heads:
+    if not head_dim and dim % num_heads:
       raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
     if num_heads % k:
       raise ValueError(f"num_heads {num_heads} is not divisible by kv_heads {k}")
-    n, h = num_heads, dim // num_heads
+    n, h = num_heads, head_dim or dim // num_heads
     self.num_heads, self.kv_heads, self.head_dim = n, k, h
     self.rope_theta = rope_theta  # 0 = no rotary positions
+    self.scale = scale
     self.dropout_rate = dropout_rate
     init = normal(init_std)
-    self.q_dnh = param(rngs, init, (dim, n, h), ("embed", "heads", "kv"))
+    self.q_dnh = param(rngs, init if q_init_std is None else normal(q_init_std), (dim, n, h), ("embed", "heads", "kv"))
     self.k_dkh = param(rngs, init, (dim, k, h), ("embed", "kv_heads", "kv"))
     self.v_dkh = param(rngs, init, (dim, k, h), ("embed", "kv_heads", "kv"))
     if use_bias:
@@ -243,7 +247,8 @@ class Attention(nnx.Module):
     if self.rope_theta:
       q_btnh = rope(q_btnh, positions_bt, self.rope_theta)
       k_bskh = rope(k_bskh, positions_bt, self.rope_theta)
-    q_btnh = q_btnh * jnp.asarray(1.0 / math.sqrt(self.head_dim), q_btnh.dtype)
+    if self.scale:
+      q_btnh = q_btnh * jnp.asarray(1.0 / math.sqrt(self.head_dim), q_btnh.dtype)
     if cache is not None:
       write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (i, 0, 0)))
       k_bskh = write(cache["k"], k_bskh, positions_bt[:, 0])
@@ -289,23 +294,25 @@ ACTIVATIONS = {
 class Mlp(nnx.Module):
   """Position-wise feed-forward block for every family: D -> F, activation, F -> D;
   gated (`gated=True`: act(x W_gate) * x W_up, as SwiGLU with silu or
-  gated-GELU with gelu_tanh) or not."""
+  gated-GELU with gelu_tanh) or not. `dropout_rate` drops the F-wide hidden
+  activations (T5) when a key is given."""
 
   def __init__(self, dim: int, mlp_dim: int, *, activation: str = "gelu", gated: bool = False,
-               use_bias: bool = True, init_std: float, out_init_std: float | None = None, rngs: nnx.Rngs):
+               use_bias: bool = True, init_std: float, out_init_std: float | None = None, dropout_rate: float = 0.0,
+               rngs: nnx.Rngs):
     if activation not in ACTIVATIONS:
       raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     self.activation = activation
+    self.dropout_rate = dropout_rate
     out_std = init_std if out_init_std is None else out_init_std
     self.gate = Dense(dim, mlp_dim, ("embed", "mlp"), init_std=init_std, use_bias=use_bias, rngs=rngs) if gated else None
     self.up = Dense(dim, mlp_dim, ("embed", "mlp"), init_std=init_std, use_bias=use_bias, rngs=rngs)
     self.down = Dense(mlp_dim, dim, ("mlp", "embed"), init_std=out_std, use_bias=use_bias, rngs=rngs)
 
-  def __call__(self, x_btd: Array) -> Array:
+  def __call__(self, x_btd: Array, rng: Array | None = None) -> Array:
     act = ACTIVATIONS[self.activation]
-    if self.gate is not None:
-      return self.down(act(self.gate(x_btd)) * self.up(x_btd))
-    return self.down(act(self.up(x_btd)))
+    h_btf = act(self.gate(x_btd)) * self.up(x_btd) if self.gate is not None else act(self.up(x_btd))
+    return self.down(dropout(h_btf, self.dropout_rate, rng))
 
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)

@@ -90,10 +90,10 @@ def inspect(path: str | Path, what: str = "--workdir", families: tuple[str, ...]
   return Source("huggingface", root, family, family.convert().config_from_hf(raw))
 
 
-def abstract_params(family: Family, model_cfg, kind: str = "pretraining") -> dict:
+def abstract_params(family: Family, model_cfg, kind: str | None = None) -> dict:
   """{path: ShapeDtypeStruct} of a freshly built model (nothing is allocated)."""
   from flax import nnx  # noqa: PLC0415
-  cls = family.model_class(kind)
+  cls = family.model_class(kind or family.default_model)
   return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: cls(model_cfg, rngs=nnx.Rngs(0))))[1])
 
 
@@ -157,7 +157,7 @@ def _restore(src: Source, checkpoint: str, sharding) -> tuple[dict, int, str]:
 
   def target(saved_meta: dict):
     # The checkpoint's meta names which of the family's models it holds ("task").
-    abstract = abstract_params(src.family, src.model, saved_meta.get("task", "pretraining"))
+    abstract = abstract_params(src.family, src.model, saved_meta.get("task"))
     placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
     return placed, {"family": src.family.name, "model": dataclasses.asdict(src.model),
                     "shapes": param_shapes(abstract)}

@@ -35,7 +35,7 @@ BATCH = ("data", "fsdp")
 _REPLICATED = {
     "batch": BATCH, "seq": None, "act_embed": None,
     "vocab": None, "embed": None, "heads": None, "kv_heads": None, "kv": None, "mlp": None,
-    "norm": None, "position": None, "type": None, "classes": None,
+    "norm": None, "position": None, "type": None, "classes": None, "buckets": None,
 }
 RULE_SETS: dict[str, dict[str, str | tuple[str, ...] | None]] = {
     "dp": dict(_REPLICATED),

@@ -11,10 +11,10 @@ Adding a family: a new file with its `FAMILY`, one line in `_RECORDS`
 from __future__ import annotations
 
 from lmjax.errors import LmjaxError
-from lmjax.models import bert, gpt
+from lmjax.models import bert, gpt, t5
 from lmjax.models.family import Family, Generation, Workload  # noqa: F401  (re-exported)
 
-_RECORDS = (bert.FAMILY, gpt.FAMILY)
+_RECORDS = (bert.FAMILY, gpt.FAMILY, t5.FAMILY)
 FAMILIES: dict[str, Family] = {f.name: f for f in _RECORDS}
 
 

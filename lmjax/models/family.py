@@ -66,6 +66,11 @@ class Family:
   backbone: str = ""
   generation: Generation | None = None
 
+  @property
+  def default_model(self) -> str:
+    """The kind a Hugging Face checkpoint of the family loads into (the first listed)."""
+    return next(iter(self.models))
+
   def model_class(self, kind: str) -> type:
     from lmjax.errors import LmjaxError  # noqa: PLC0415
     if kind not in self.models:
