@@ -82,6 +82,23 @@ def tiny_pretraining_run(corpus_dir, cache_dir, tmp_path_factory) -> Path:
   return workdir
 
 
+def assert_logical_axes_known(module) -> None:
+  """Every parameter of `module` carries one logical axis name per dimension, each mapped by every rule set."""
+  import jax
+  from flax import nnx
+
+  from lmjax.sharding import RULE_SETS
+  _, state = nnx.split(module)
+  leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  assert leaves
+  for var in leaves:
+    meta = var.get_metadata()
+    axes = meta.get("sharding") or meta.get("out_sharding")
+    assert axes is not None and len(axes) == var[...].ndim, (var, axes)
+    for rules in RULE_SETS.values():
+      assert all(a in rules for a in axes), axes
+
+
 def replace(cfg: Config, **sections) -> Config:
   """replace(cfg, train=dict(steps=3)) -> cfg with those fields changed."""
   return dataclasses.replace(cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()})

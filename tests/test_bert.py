@@ -9,9 +9,8 @@ from flax import nnx
 
 from lmjax.models.bert import BertConfig, BertForPreTraining
 from lmjax.errors import LmjaxError
-from lmjax.sharding import RULE_SETS
 
-from conftest import TINY_BERT
+from conftest import TINY_BERT, assert_logical_axes_known
 
 
 def _inputs(b=2, t=12, vocab=256, seed=0):
@@ -90,15 +89,7 @@ def test_dropout_only_with_a_key():
 
 
 def test_every_parameter_has_logical_axes_known_to_every_rule_set():
-  _, state = nnx.split(BertForPreTraining(TINY_BERT, rngs=nnx.Rngs(0)))
-  leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  assert leaves
-  for var in leaves:
-    meta = var.get_metadata()
-    axes = meta.get("sharding") or meta.get("out_sharding")
-    assert axes is not None and len(axes) == var[...].ndim, (var, axes)
-    for rules in RULE_SETS.values():
-      assert all(a in rules for a in axes), axes
+  assert_logical_axes_known(BertForPreTraining(TINY_BERT, rngs=nnx.Rngs(0)))
 
 
 def test_word_embeddings_are_tied_to_the_mlm_output():

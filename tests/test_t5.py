@@ -17,6 +17,8 @@ from lmjax.errors import LmjaxError
 from lmjax.models import t5
 from lmjax.models.family import Workload
 
+from conftest import assert_logical_axes_known
+
 FLAVOURS = {
     "t5": dict(feed_forward_proj="relu", tie_word_embeddings=True),
     "t5.1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
@@ -195,19 +197,10 @@ def test_presets_have_the_published_parameter_counts(preset, expected):
 
 
 def test_every_parameter_has_logical_axes_known_to_every_rule_set():
-  from lmjax.sharding import RULE_SETS
   for flavour in ("t5-tiny", "t5.1.1-small"):
     cfg = t5.T5Config.preset(flavour, vocab_size=64, hidden_size=32, head_dim=8, mlp_dim=32, num_layers=1,
                              num_decoder_layers=1)
-    _, state = nnx.split(t5.T5ForConditionalGeneration(cfg, rngs=nnx.Rngs(0)))
-    leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    assert leaves
-    for var in leaves:
-      meta = var.get_metadata()
-      axes = meta.get("sharding") or meta.get("out_sharding")
-      assert axes is not None and len(axes) == var[...].ndim, (var, axes)
-      for rules in RULE_SETS.values():
-        assert all(a in rules for a in axes), axes
+    assert_logical_axes_known(t5.T5ForConditionalGeneration(cfg, rngs=nnx.Rngs(0)))
 
 
 def test_padding_does_not_change_real_positions_and_decoder_is_causal():
