@@ -230,20 +230,29 @@ class Attention(nnx.Module):
     y = jnp.einsum(eq, x_btd, w[...].astype(x_btd.dtype))
     return y if b is None else y + b[...].astype(x_btd.dtype)
 
+  def project_kv(self, kv_bsd: Array) -> dict:
+    """Keys and values {"k", "v"}: [B, S, K, H] of a sequence, e.g. the encoder
+    output that cross-attention reads at every decoding step (computed once)."""
+    return {"k": self._project(kv_bsd, self.k_dkh, self.k_bias, "BSD,DKH->BSKH"),
+            "v": self._project(kv_bsd, self.v_dkh, self.v_bias, "BSD,DKH->BSKH")}
+
   def __call__(self, x_btd: Array, bias: Array, *, kv_bsd: Array | None = None, positions_bt: Array | None = None,
-               cache: dict | None = None, rng: Array | None = None) -> tuple[Array, dict | None]:
+               cache: dict | None = None, kv: dict | None = None,
+               rng: Array | None = None) -> tuple[Array, dict | None]:
     """Returns (output [B, T, D], the updated cache or None).
 
     kv_bsd: keys and values come from here (cross-attention); default x.
+    kv: keys and values already projected ({"k", "v"} from `project_kv`),
+      used as they are instead of kv_bsd (cached cross-attention).
     positions_bt: token positions, for rotary positions and the cache.
     cache: {"k", "v"}: [B, S, K, H]; the new keys and values are written at
       `positions` (each row's own offset) and the queries attend over all S
       slots; `bias` masks the slots not yet written.
     """
-    kv_bsd = x_btd if kv_bsd is None else kv_bsd
     q_btnh = self._project(x_btd, self.q_dnh, self.q_bias, "BTD,DNH->BTNH")
-    k_bskh = self._project(kv_bsd, self.k_dkh, self.k_bias, "BSD,DKH->BSKH")
-    v_bskh = self._project(kv_bsd, self.v_dkh, self.v_bias, "BSD,DKH->BSKH")
+    if kv is None:
+      kv = self.project_kv(x_btd if kv_bsd is None else kv_bsd)
+    k_bskh, v_bskh = kv["k"], kv["v"]
     if self.rope_theta:
       q_btnh = rope(q_btnh, positions_bt, self.rope_theta)
       k_bskh = rope(k_bskh, positions_bt, self.rope_theta)

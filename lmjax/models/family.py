@@ -34,17 +34,30 @@ class Workload:
 class Generation:
   """The hooks `lmjax.generate` needs to decode with a KV cache.
 
-  init_cache(cfg, batch, length) -> cache pytree of `length` slots per row.
+  init_cache(cfg, batch, length) -> the decoder's cache of `length` slots per row.
   prefill(model, ids_bt, positions_bt, cache) -> (logits [B, T, V] float32, cache)
   step(model, ids_b1, positions_b1, cache) -> (logits [B, 1, V] float32, cache)
-  forward(model, ids_bs) -> logits [B, S, V]: the whole sequence, no cache
-    (the baseline of the decode benchmark).
+  forward(model, ids_bt, encoder_inputs) -> logits [B, T, V]: the whole
+    sequence, no cache (the baseline of the decode benchmark and of tests);
+    encoder_inputs is None for a decoder, (ids_bs, segments_bs) otherwise.
+  encode (encoder-decoders only): encode(model, ids_bs, segments_bs, cache) ->
+    the cache with whatever the decoder reads of the input (computed once).
+  start_id (encoder-decoders only): the token every output starts from.
+
+  Every array in a cache has the batch as its leading axis (beam search
+  copies and reorders rows of it).
   """
   model: str  # which of the family's models decodes
   init_cache: Callable
   prefill: Callable
   step: Callable
   forward: Callable
+  encode: Callable | None = None
+  start_id: int | None = None
+
+  @property
+  def encoder_decoder(self) -> bool:
+    return self.encode is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -237,4 +237,4 @@ FAMILY = Family(
         model="pretraining", init_cache=init_cache,
         prefill=lambda model, ids_bt, positions_bt, cache: model.decode(ids_bt, positions_bt, cache),
         step=lambda model, ids_bt, positions_bt, cache: model.decode(ids_bt, positions_bt, cache),
-        forward=lambda model, ids_bs: model(ids_bs)))
+        forward=lambda model, ids_bs, encoder_inputs: model(ids_bs)))

@@ -11,6 +11,7 @@ scaling). The two are switches of one config:
     from lmjax.models.t5 import T5Config, T5ForConditionalGeneration
     model = T5ForConditionalGeneration(T5Config.preset("t5-tiny"), rngs=nnx.Rngs(0))
     logits_btv = model(input_ids_bs, decoder_input_ids_bt, input_mask_bs)
+    # generation: lmjax.generate.Generator (KV cache; greedy, sampling, beam search)
 
 Queries are not scaled by 1/sqrt(H): T5's initialisation folds that factor
 into the query weights. The head width `head_dim` is its own field (T5.1.1
@@ -28,7 +29,7 @@ from flax import nnx
 
 from lmjax import layers as L
 from lmjax.errors import LmjaxError
-from lmjax.models.family import Family, Workload
+from lmjax.models.family import Family, Generation, Workload
 
 Array = jax.Array
 
@@ -140,14 +141,17 @@ class RelativeBias(nnx.Module):
     std = cfg.init_factor * cfg.hidden_size ** -0.5
     self.table = L.param(rngs, L.normal(std), (cfg.relative_buckets, cfg.num_heads), ("buckets", "heads"))
 
-  def __call__(self, t: int, s: int, offset: Array | int = 0) -> Array:
-    """Bias [1, N, T, S] (float32) for queries at offset..offset+T-1 over keys 0..S-1."""
-    query_t1 = (jnp.arange(t) + offset)[:, None]
-    rel_ts = jnp.arange(s)[None, :] - query_t1
-    buckets_ts = relative_position_buckets(rel_ts, bidirectional=self.bidirectional,
-                                           num_buckets=self.cfg.relative_buckets,
-                                           max_distance=self.cfg.relative_max_distance)
-    return jnp.take(self.table[...], buckets_ts, axis=0).transpose(2, 0, 1)[None].astype(jnp.float32)
+  def __call__(self, t: int, s: int) -> Array:
+    """Bias [1, N, T, S] (float32) of queries 0..T-1 over keys 0..S-1."""
+    return self.at(jnp.arange(t)[None], s)
+
+  def at(self, positions_bt: Array, s: int) -> Array:
+    """Bias [B, N, T, S] (float32) of queries at `positions` (per row) over keys 0..S-1."""
+    rel_bts = jnp.arange(s)[None, None, :] - positions_bt[:, :, None]
+    buckets_bts = relative_position_buckets(rel_bts, bidirectional=self.bidirectional,
+                                            num_buckets=self.cfg.relative_buckets,
+                                            max_distance=self.cfg.relative_max_distance)
+    return jnp.take(self.table[...], buckets_bts, axis=0).transpose(0, 3, 1, 2).astype(jnp.float32)
 
 
 def _attention(cfg: T5Config, rngs: nnx.Rngs) -> L.Attention:
@@ -181,15 +185,23 @@ class Block(nnx.Module):
     self.mlp = _mlp(cfg, rngs)
 
   def __call__(self, x_btd: Array, bias: Array, enc_bsd: Array | None, cross_bias: Array | None,
-               rng: Array | None) -> Array:
+               rng: Array | None, *, positions_bt: Array | None = None, cache: dict | None = None
+               ) -> tuple[Array, dict | None]:
+    """cache (decoding): {"self": {"k", "v"}, "cross": {"k", "v"}}; the new
+    tokens' keys and values are written into "self" at `positions`, and
+    cross-attention reads "cross" (the encoder output, projected once)."""
     r_attn, r1, r_cross, r2, r_mlp, r3 = L.split_rng(rng, 6)
     p = self.cfg.dropout_rate
-    x_btd = x_btd + L.dropout(self.attention(self.attention_norm(x_btd), bias, rng=r_attn)[0], p, r1)
+    h_btd, self_cache = self.attention(self.attention_norm(x_btd), bias, positions_bt=positions_bt,
+                                       cache=None if cache is None else cache["self"], rng=r_attn)
+    x_btd = x_btd + L.dropout(h_btd, p, r1)
     if self.cross_attention is not None:
-      h_btd = self.cross_attention(self.cross_attention_norm(x_btd), cross_bias, kv_bsd=enc_bsd, rng=r_cross)[0]
+      h_btd = self.cross_attention(self.cross_attention_norm(x_btd), cross_bias, kv_bsd=enc_bsd,
+                                   kv=None if cache is None else cache["cross"], rng=r_cross)[0]
       x_btd = x_btd + L.dropout(h_btd, p, r2)
     x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd), rng=r_mlp), p, r3)
-    return L.shard(x_btd, L.ACT_BTD)
+    new_cache = None if cache is None else {"self": self_cache, "cross": cache["cross"]}
+    return L.shard(x_btd, L.ACT_BTD), new_cache
 
 
 class Stack(nnx.Module):
@@ -204,15 +216,28 @@ class Stack(nnx.Module):
 
   def __call__(self, x_btd: Array, mask_bias: Array, enc_bsd: Array | None, cross_bias: Array | None,
                rng: Array | None) -> Array:
-    """x: embedded tokens [B, T, D]; mask_bias: padding or causal mask, broadcastable to [B, N, T, T]."""
+    """x: embedded tokens [B, T, D]; mask_bias: padding, segment or causal mask, broadcastable to [B, N, T, T]."""
     p = self.cfg.dropout_rate
     rngs = L.split_rng(rng, len(self.layers) + 2)
     t = x_btd.shape[1]
     bias = self.relative_bias(t, t) + mask_bias  # computed once per forward, shared by every layer
     x_btd = L.shard(L.dropout(x_btd, p, rngs[0]), L.ACT_BTD)
     for layer, layer_rng in zip(self.layers, rngs[1:-1]):
-      x_btd = layer(x_btd, bias, enc_bsd, cross_bias, layer_rng)
+      x_btd = layer(x_btd, bias, enc_bsd, cross_bias, layer_rng)[0]
     return L.dropout(self.final_norm(x_btd), p, rngs[-1])
+
+  def step(self, x_btd: Array, positions_bt: Array, cross_bias: Array, caches: list[dict]
+           ) -> tuple[Array, list[dict]]:
+    """Decoder tokens at `positions` (consecutive per row) against the cache: each
+    attends to the slots up to its own position; no dropout."""
+    s = caches[0]["self"]["k"].shape[1]
+    allowed_b1ts = (jnp.arange(s)[None, None, :] <= positions_bt[:, :, None])[:, None]
+    bias = self.relative_bias.at(positions_bt, s) + L.mask_to_bias(allowed_b1ts)
+    new = []
+    for layer, cache in zip(self.layers, caches):
+      x_btd, cache = layer(x_btd, bias, None, cross_bias, None, positions_bt=positions_bt, cache=cache)
+      new.append(cache)
+    return self.final_norm(x_btd), new
 
 
 class T5ForConditionalGeneration(nnx.Module):
@@ -223,38 +248,93 @@ class T5ForConditionalGeneration(nnx.Module):
     self.embed = L.Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), init_std=cfg.init_factor, rngs=rngs)
     self.encoder = Stack(cfg, decoder=False, rngs=rngs)
     self.decoder = Stack(cfg, decoder=True, rngs=rngs)
+    # An untied head starts at std d^-0.5 (Mesh TensorFlow's fan-in scaling; Hugging Face uses 1.0,
+    # which makes a fresh model's logits ~sqrt(d) wide and its first loss ~40).
     self.lm_head = (None if cfg.tie_embeddings else
-                    L.param(rngs, L.normal(cfg.init_factor), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab")))
+                    L.param(rngs, L.normal(cfg.init_factor * cfg.hidden_size ** -0.5),
+                            (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab")))
 
-  def encode(self, ids_bs: Array, mask_bs: Array, *, rng: Array | None = None) -> Array:
-    """Encoder output [B, S, D]; mask: 1 for real tokens, 0 for padding."""
+  def encode(self, ids_bs: Array, segments_bs: Array, *, rng: Array | None = None) -> Array:
+    """Encoder output [B, S, D]. segments: 1 for real tokens and 0 for padding, or
+    1, 2, ... per packed example (attention stays inside each)."""
     x_bsd = self.embed(ids_bs, jnp.dtype(self.cfg.dtype))
-    return self.encoder(x_bsd, L.padding_bias(mask_bs), None, None, rng)
+    return self.encoder(x_bsd, segment_bias(segments_bs, segments_bs), None, None, rng)
 
-  def decode(self, ids_bt: Array, enc_bsd: Array, mask_bs: Array, *, rng: Array | None = None) -> Array:
-    """Logits [B, T, V] (float32) of the decoder over the encoder output (teacher forcing)."""
-    cfg = self.cfg
-    t = ids_bt.shape[1]
-    causal = L.mask_to_bias(jnp.tril(jnp.ones((t, t), bool))[None, None])
-    x_btd = self.decoder(self.embed(ids_bt, jnp.dtype(cfg.dtype)), causal, enc_bsd, L.padding_bias(mask_bs), rng)
+  def _logits(self, x_btd: Array) -> Array:
     if self.lm_head is None:
-      logits_btv = self.embed.attend(x_btd * jnp.asarray(cfg.hidden_size ** -0.5, x_btd.dtype))
+      logits_btv = self.embed.attend(x_btd * jnp.asarray(self.cfg.hidden_size ** -0.5, x_btd.dtype))
     else:
       logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(x_btd.dtype))
     return logits_btv.astype(jnp.float32)
 
-  def __call__(self, ids_bs: Array, decoder_ids_bt: Array, mask_bs: Array | None = None, *,
-               rng: Array | None = None) -> Array:
-    """Logits [B, T, V] (float32). decoder_ids are the targets shifted right, starting
-    with the decoder start token (T5: the padding id 0)."""
-    if mask_bs is None:
-      mask_bs = jnp.ones(ids_bs.shape, jnp.int32)
+  def decode(self, ids_bt: Array, enc_bsd: Array, segments_bs: Array, decoder_segments_bt: Array | None = None, *,
+             rng: Array | None = None) -> Array:
+    """Logits [B, T, V] (float32) of the decoder over the encoder output (teacher
+    forcing). decoder_segments: the packed example of each target token (None:
+    one per row); decoder tokens attend causally inside their example and to
+    the encoder tokens of the same example."""
+    cfg = self.cfg
+    t = ids_bt.shape[1]
+    allowed_1tt = jnp.tril(jnp.ones((t, t), bool))[None]
+    if decoder_segments_bt is None:
+      self_bias = L.mask_to_bias(allowed_1tt[:, None])
+      cross_bias = L.padding_bias(segments_bs)
+    else:
+      self_bias = L.mask_to_bias((allowed_1tt & (decoder_segments_bt[:, :, None] == decoder_segments_bt[:, None, :])
+                                  )[:, None])
+      cross_bias = segment_bias(decoder_segments_bt, segments_bs)
+    x_btd = self.decoder(self.embed(ids_bt, jnp.dtype(cfg.dtype)), self_bias, enc_bsd, cross_bias, rng)
+    return self._logits(x_btd)
+
+  def __call__(self, ids_bs: Array, decoder_ids_bt: Array, segments_bs: Array | None = None,
+               decoder_segments_bt: Array | None = None, *, rng: Array | None = None) -> Array:
+    """Logits [B, T, V] (float32). decoder_ids are the targets shifted right, each
+    example starting with the decoder start token (T5: the padding id 0);
+    segments as in `encode` (None: no padding), decoder_segments as in `decode`."""
+    if segments_bs is None:
+      segments_bs = jnp.ones(ids_bs.shape, jnp.int32)
     r_enc, r_dec = L.split_rng(rng, 2)
-    return self.decode(decoder_ids_bt, self.encode(ids_bs, mask_bs, rng=r_enc), mask_bs, rng=r_dec)
+    return self.decode(decoder_ids_bt, self.encode(ids_bs, segments_bs, rng=r_enc), segments_bs,
+                       decoder_segments_bt, rng=r_dec)
+
+  # --- generation (lmjax.generate) -------------------------------------------
+  def start_decoding(self, ids_bs: Array, segments_bs: Array, self_cache: list[dict]) -> dict:
+    """Runs the encoder once and projects its output into every decoder layer's
+    cross-attention keys and values: the cache the decoding steps read."""
+    enc_bsd = self.encode(ids_bs, segments_bs)
+    layers = [{"self": c, "cross": layer.cross_attention.project_kv(enc_bsd)}
+              for c, layer in zip(self_cache, self.decoder.layers)]
+    return {"layers": layers, "cross_bias": L.padding_bias(segments_bs)}
+
+  def decode_step(self, ids_bt: Array, positions_bt: Array, cache: dict) -> tuple[Array, dict]:
+    """Logits [B, T, V] (float32) of decoder tokens at `positions`, and the updated cache."""
+    x_btd = self.embed(ids_bt, jnp.dtype(self.cfg.dtype))
+    x_btd, layers = self.decoder.step(x_btd, positions_bt, cache["cross_bias"], cache["layers"])
+    return self._logits(x_btd), {"layers": layers, "cross_bias": cache["cross_bias"]}
+
+
+def segment_bias(query_segments_bt: Array, key_segments_bs: Array) -> Array:
+  """Additive bias [B, 1, T, S]: a query attends to keys of its own segment, never to padding (0)."""
+  allowed = (query_segments_bt[:, :, None] == key_segments_bs[:, None, :]) & (key_segments_bs[:, None, :] > 0)
+  return L.mask_to_bias(allowed[:, None])
+
+
+def init_cache(cfg: T5Config, batch: int, length: int, dtype=None) -> list[dict]:
+  """Zeroed decoder self-attention cache, one {"k", "v"}: [B, S, N, H] per decoder layer."""
+  dt = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, length, cfg.num_heads, cfg.head_dim)
+  return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.num_decoder_layers)]
 
 
 FAMILY = Family(
     name="t5", config=T5Config, models={"seq2seq": T5ForConditionalGeneration},
     converter="lmjax.convert.t5", hf_model_types=("t5",),
     arch_fields=tuple(f.name for f in dataclasses.fields(T5Config)
-                      if f.name not in ("dropout_rate", "init_factor", "dtype")))
+                      if f.name not in ("dropout_rate", "init_factor", "dtype")),
+    generation=Generation(
+        model="seq2seq", init_cache=init_cache,
+        prefill=lambda model, ids_bt, positions_bt, cache: model.decode_step(ids_bt, positions_bt, cache),
+        step=lambda model, ids_bt, positions_bt, cache: model.decode_step(ids_bt, positions_bt, cache),
+        forward=lambda model, ids_bt, inputs: model.decode(ids_bt, model.encode(*inputs), inputs[1]),
+        encode=lambda model, ids_bs, segments_bs, cache: model.start_decoding(ids_bs, segments_bs, cache),
+        start_id=0))
