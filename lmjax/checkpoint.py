@@ -128,6 +128,14 @@ class Checkpointer:
     self.manager.close()
 
 
+# Error rates (word / phoneme / character): lower is better, like losses.
+ERROR_RATES = ("wer", "per", "cer")
+
+
+def lower_is_better(metric: str) -> bool:
+  return metric.endswith("loss") or metric.split("/")[0] in ERROR_RATES
+
+
 class BestCheckpoint:
   """WORKDIR/best: the parameters of the best evaluation so far by one metric.
 
@@ -144,7 +152,7 @@ class BestCheckpoint:
 
   def __init__(self, workdir: Path, metric: str):
     self.metric = metric
-    self.minimize = metric.endswith("loss")
+    self.minimize = lower_is_better(metric)
     self.directory = Path(workdir).resolve() / "best"
     options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -81,6 +81,13 @@ class DataConfig:
   # Share of sentence pairs whose second segment comes from another document.
   random_next_prob: float = 0.5
 
+  # --- span_corruption: T5's pretraining examples (span_corruption) ---
+  # Share of each row's tokens hidden in spans, and the spans' mean length:
+  # every span becomes one sentinel token in the input, and the target lists
+  # the sentinels with what they hide (T5: 0.15 and 3).
+  noise_density: float = 0.15
+  mean_noise_span_length: float = 3.0
+
   # --- labelled: labelled text (classification) ---
   # dataset="labelled_files": .csv, .tsv or .jsonl files. Without a
   # validation file, a stratified 10% of the training file is held out;
@@ -103,14 +110,37 @@ class DataConfig:
   eval_split: str = "validation"
   test_split: str = "test"
 
+  # --- seq2seq: input/target pairs (seq2seq) ---
+  # dataset: "cmu_pronunciation" (G2P), "django_translation/LANG", "pair_files"
+  # (train_file etc. as .tsv / .csv / .jsonl), or a labelled data set as
+  # text-to-text (the target is the label's name).
+  # Columns of pair files holding the input and the target text.
+  input_column: str = "input"
+  target_column: str = "target"
+  # How an input is written for the model ("{input}" is replaced by the text),
+  # e.g. "translate English to German: {input}". Kept in config.json, so
+  # `lmjax.generate --workdir RUN --prompt TEXT` applies it too.
+  input_template: str = "{input}"
+  # Decoder tokens per example, end-of-text included (max_seq_len is the encoder's).
+  max_target_len: int = 64
+  # Pack several short examples into each row (segment ids keep them apart in
+  # both stacks) instead of padding every example to the full length.
+  pack_examples: bool = False
+  # Metrics of the decoded validation split besides exact_match: "wer" and
+  # "per" (word / phoneme error rate), "bleu" and "chrf" (sacrebleu),
+  # "accuracy"; empty = the data set's own.
+  metrics: tuple[str, ...] = ()
+
 
 # DataConfig's fields by pipeline (the headings above); every field is in exactly one group.
 DATA_GROUPS: dict[str, tuple[str, ...]] = {
     "common": ("dataset", "cache_dir", "max_seq_len", "tokenizer_sentences", "prefetch"),
     "corpus": ("text_dir", "doc_split", "on_decode_error"),
     "bert_examples": ("max_predictions_per_seq", "mask_prob", "short_seq_prob", "random_next_prob"),
+    "span_corruption": ("noise_density", "mean_noise_span_length"),
     "labelled": ("train_file", "validation_file", "test_file", "text_column", "text_pair_column", "label_column",
                  "labels", "truncation", "eval_split", "test_split"),
+    "seq2seq": ("input_column", "target_column", "input_template", "max_target_len", "pack_examples", "metrics"),
 }
 
 
@@ -124,7 +154,8 @@ def unused_data_fields(data: DataConfig, groups: tuple[str, ...]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  objective: str = "mlm_nsp"  # a task registered in lmjax.tasks (mlm_nsp, mlm, causal_lm, classification)
+  objective: str = "mlm_nsp"  # a task registered in lmjax.tasks (mlm_nsp, mlm, causal_lm, span_corruption,
+  # classification, seq2seq)
   steps: int = 1000  # total optimizer steps
   batch_size: int = 32  # global, in sequences per optimizer step
   grad_accum_steps: int = 1  # micro-batches per optimizer step
@@ -172,9 +203,21 @@ class CheckpointConfig:
   async_save: bool = True
   # Validation metric whose best value is kept in WORKDIR/best (the final
   # test report and lmjax.predict use it); "" = the objective's default
-  # (classification: accuracy; pretraining keeps none). Names ending in
-  # "loss" are minimised, others maximised.
+  # (classification: accuracy; seq2seq: exact_match, or bleu for
+  # translation; pretraining keeps none). Names ending in "loss" and error
+  # rates (wer, per, cer) are minimised, others maximised.
   best_metric: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How a seq2seq run decodes its validation and test splits (and the defaults
+  of `lmjax.generate` on the run)."""
+  num_beams: int = 1  # 1 = greedy
+  length_penalty: float = 1.0  # beam scores: log-prob / length ** length_penalty
+  early_stopping: bool = True  # an input is done once num_beams hypotheses have ended
+  max_new_tokens: int = 0  # 0 = data.max_target_len
+  batch_size: int = 256  # inputs decoded together (x num_beams rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +234,7 @@ class Config:
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
+  decode: DecodeConfig = DecodeConfig()
   logging: LoggingConfig = LoggingConfig()
 
   def __post_init__(self):

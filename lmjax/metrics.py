@@ -8,8 +8,8 @@ import math
 import sys
 from pathlib import Path
 
-_SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "perplexity", "f1", "learning_rate",
-          "tokens_per_sec")
+_SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "perplexity", "f1", "exact_match",
+          "wer", "per", "bleu", "chrf", "learning_rate", "tokens_per_sec")
 
 
 def log(msg: str) -> None:

@@ -224,11 +224,12 @@ def backbone_params(src: Source, checkpoint: str = "latest") -> dict[tuple, np.n
   model of its family shares (an encoder without its pretraining heads)."""
   import jax  # noqa: PLC0415
 
-  name = src.family.backbone
+  name = src.family.backbone  # "": the whole model (an encoder-decoder fine-tunes all of it)
   if src.kind == "huggingface":
     _, loaded = src.family.convert().load_pretrained(src.path)
-    return {k: v for k, v in loaded.items() if k[0] == name}
+    return {k: v for k, v in loaded.items() if not name or k[0] == name}
   params = open_run(src.path / "checkpoints" / str(src.step) if src.step is not None else src.path, checkpoint,
                     tokenizer=False).params
-  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params[name]))[0]
-  return {(name,) + tuple(k.key if hasattr(k, "key") else k.idx for k in path): np.asarray(v) for path, v in flat}
+  prefix = (name,) if name else ()
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params[name] if name else params))[0]
+  return {prefix + tuple(k.key if hasattr(k, "key") else k.idx for k in path): np.asarray(v) for path, v in flat}

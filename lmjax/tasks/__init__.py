@@ -17,8 +17,10 @@ from lmjax.tasks.base import Task
 from lmjax.tasks.bert_pretraining import Mlm, MlmNsp
 from lmjax.tasks.causal_lm import CausalLm
 from lmjax.tasks.classification import Classification
+from lmjax.tasks.seq2seq import Seq2Seq
+from lmjax.tasks.span_corruption import SpanCorruption
 
-_BUILTIN = (MlmNsp(), Mlm(), CausalLm(), Classification())
+_BUILTIN = (MlmNsp(), Mlm(), CausalLm(), SpanCorruption(), Classification(), Seq2Seq())
 TASKS: dict[str, Task] = {t.name: t for t in _BUILTIN}
 
 

@@ -219,3 +219,38 @@ def refuse_init_from(task: Task, cfg) -> None:
   if cfg.train.init_from:
     raise LmjaxError(f"train.init_from is for fine-tuning; train.objective={task.name!r} trains from scratch "
                      "(to continue a pretraining run, reuse its --workdir).")
+
+
+def init_source(task: Task, cfg, resumed: bool = False):
+  """What train.init_from holds (lmjax.runs.Source), or None: not set, or a resumed
+  run whose starting model is gone (the run already holds the weights)."""
+  from lmjax import runs  # noqa: PLC0415
+  init_from = cfg.train.init_from
+  if not init_from or (resumed and not Path(init_from).expanduser().exists()):
+    return None
+  return runs.inspect(init_from, "train.init_from", task.families, f"{task.name} fine-tuning")
+
+
+def configure_from_init(task: Task, cfg, workdir: Path | None, resumed: bool):
+  """The recipe's model section with the architecture of train.init_from (a
+  fine-tuning task's `configure`); training-time fields stay the recipe's."""
+  import dataclasses  # noqa: PLC0415
+
+  from lmjax import models  # noqa: PLC0415
+  init_from = cfg.train.init_from
+  saved = None if workdir is None else Path(workdir) / "config.json"
+  if resumed and init_from and saved.exists() and not Path(init_from).expanduser().exists():
+    # The run already holds the weights; the model it started from may be gone.
+    from lmjax import config as config_lib  # noqa: PLC0415
+    arch = config_lib.load_json(saved).model
+  else:
+    src = init_source(task, cfg)
+    if src is None:
+      return cfg
+    arch = src.model
+  family = models.of(cfg.model)
+  if type(arch) is not type(cfg.model):
+    raise LmjaxError(f"train.init_from holds a {models.of(arch).name!r} model but the recipe's model section is "
+                     f"a {family.name!r} config; use a recipe of the same family.")
+  return dataclasses.replace(cfg, model=dataclasses.replace(
+      cfg.model, **{f: getattr(arch, f) for f in family.arch_fields}))

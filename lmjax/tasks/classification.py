@@ -63,31 +63,8 @@ class Classification(base.Task):
       raise LmjaxError(f"checkpoint.best_metric={metric!r} is not a classification metric; use accuracy, f1, "
                        "loss, or precision/LABEL, recall/LABEL, f1/LABEL.")
 
-  def source(self, cfg) -> runs.Source | None:
-    if not cfg.train.init_from:
-      return None
-    return runs.inspect(cfg.train.init_from, "train.init_from", self.families, f"{self.name} fine-tuning")
-
   def configure(self, cfg, workdir: Path | None, resumed: bool):
-    """The recipe's model section with the architecture of train.init_from."""
-    init_from = cfg.train.init_from
-    saved = None if workdir is None else Path(workdir) / "config.json"
-    if resumed and init_from and saved.exists() and not Path(init_from).expanduser().exists():
-      # The run already holds the weights; the model it started from may be gone.
-      from lmjax import config as config_lib  # noqa: PLC0415
-      arch = config_lib.load_json(saved).model
-    else:
-      src = self.source(cfg)
-      if src is None:
-        return cfg
-      arch = src.model
-    from lmjax import models  # noqa: PLC0415
-    family = models.of(cfg.model)
-    if type(arch) is not type(cfg.model):
-      raise LmjaxError(f"train.init_from holds a {models.of(arch).name!r} model but the recipe's model section is "
-                       f"a {family.name!r} config; use a recipe of the same family.")
-    return dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, **{f: getattr(arch, f) for f in family.arch_fields}))
+    return base.configure_from_init(self, cfg, workdir, resumed)
 
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
     from lmjax.data import classification_examples as examples  # noqa: PLC0415
@@ -95,9 +72,7 @@ class Classification(base.Task):
     from lmjax.data import tokenizer as tk  # noqa: PLC0415
 
     d = cfg.data
-    src = None
-    if cfg.train.init_from and not (resumed and not Path(cfg.train.init_from).expanduser().exists()):
-      src = self.source(cfg)
+    src = base.init_source(self, cfg, resumed)
     labelled = labelled_data.load_labelled(d)
     if cfg.model.num_labels != len(labelled.names):
       raise LmjaxError(f"model.num_labels={cfg.model.num_labels} but data set {labelled.identity} has "
