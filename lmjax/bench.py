@@ -3,6 +3,7 @@
   python -m lmjax.bench --config configs/bert_base_pretrain.py --set train.batch_size=8 --steps 10 --warmup 2
   python -m lmjax.bench --config configs/minilm_sentiment.py --eval
   python -m lmjax.bench --config configs/gpt_tiny_shakespeare.py --generate --prompt-len 64 --new-tokens 64
+  python -m lmjax.bench --config configs/t5_g2p.py --generate --prompt-len 16 --new-tokens 16
 
 Synthetic token batches of the recipe's shapes are built once and fed to the
 same step `train.py` runs (same shardings, donated state), so no data loading
@@ -20,8 +21,9 @@ kind is in the table below; on a CPU it is the best matmul rate measured in the
 same process (so MFU reads "share of what this machine's matmul reaches").
 An unknown accelerator gets `"mfu": null` rather than an invented peak.
 
---generate (decoder recipes) times batched decoding instead: train.batch_size
-random prompts of --prompt-len tokens, --new-tokens greedy steps each, with
+--generate (decoder and encoder-decoder recipes) times batched decoding
+instead: train.batch_size random prompts (a T5's inputs) of --prompt-len
+tokens, --new-tokens greedy steps each, with
 the KV cache and with full recomputation per token, after one untimed run of
 each (compilation). Prints prefill time, decode tokens/s of both and their
 ratio; weights are the recipe's random initialisation (speed does not depend
@@ -191,9 +193,11 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
     raise LmjaxError(f"--generate needs a recipe of a family that generates text (a decoder); this recipe's "
                      f"{family.name!r} model does not, e.g. use configs/gpt_tiny_shakespeare.py.")
   m = cfg.model
-  if prompt_len < 1 or new_tokens < 1 or prompt_len + new_tokens > m.max_position_embeddings:
+  seq2seq = family.generation.encoder_decoder
+  window = getattr(m, "max_position_embeddings", None)  # None: relative positions (T5)
+  if prompt_len < 1 or new_tokens < 1 or (window is not None and prompt_len + new_tokens > window):
     raise LmjaxError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} must be positive and fit the context "
-                     f"window (model.max_position_embeddings={m.max_position_embeddings}).")
+                     f"window (model.max_position_embeddings={window}).")
   model_cls = family.model_class(family.generation.model)
   params = nnx.to_pure_dict(nnx.split(model_cls(m, rngs=nnx.Rngs(seed)))[1])
   gen = Generator(m, params)
@@ -203,17 +207,25 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
   out = {"config": None, "mode": "generate", "family": type(m).__name__, "batch_size": b, "prompt_len": prompt_len,
          "new_tokens": new_tokens, "dtype": m.dtype, "device_kind": jax.devices()[0].device_kind,
          "platform": jax.devices()[0].platform}
+  # An encoder-decoder reads the prompts as its inputs and writes new_tokens from its start token.
+  call = ((lambda use_cache: gen.generate(inputs=prompts, sampling=greedy, use_cache=use_cache)) if seq2seq else
+          (lambda use_cache: gen.generate(prompts, greedy, use_cache=use_cache)))
   for name, use_cache in (("cache", True), ("no_cache", False)):
-    gen.generate(prompts, greedy, use_cache=use_cache)  # compiles
-    r = gen.generate(prompts, greedy, use_cache=use_cache)
+    call(use_cache)  # compiles
+    r = call(use_cache)
     out[f"{name}_prefill_s"] = r.prefill_s
     out[f"{name}_decode_s"] = r.decode_s
     out[f"{name}_tokens_per_sec"] = b * r.steps / r.decode_s
   out["cache_speedup"] = out["cache_tokens_per_sec"] / out["no_cache_tokens_per_sec"]
   # Forward FLOPs of one decoded token at the mean context (prompt + half the new tokens);
   # flops_per_token(T) charges attention over T / 2 keys, hence 2x the context.
-  context = prompt_len + new_tokens / 2
-  flops = m.flops_per_token(Workload(int(2 * context)), training=False)
+  if seq2seq:  # the decoder's share (the encoder and the cross-attention keys/values run once per input)
+    with_targets = m.flops_per_token(Workload(prompt_len, target_len=new_tokens), training=False)
+    flops = (with_targets - m.flops_per_token(Workload(prompt_len, target_len=0), training=False)) * (
+        prompt_len / new_tokens)
+  else:
+    context = prompt_len + new_tokens / 2
+    flops = m.flops_per_token(Workload(int(2 * context)), training=False)
   peak, peak_source = device_peak(jax.devices()[0], m.dtype)
   out["decode_flops_per_token"] = flops
   out["peak_flops"], out["peak_source"] = peak, peak_source

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from lmjax import config as config_lib
+from lmjax import models, tasks
 from lmjax.errors import LmjaxError
 from lmjax.models.family import Workload
 from lmjax.models.bert import BertConfig, PRESETS
@@ -17,7 +18,9 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.py"))
 def test_every_recipe_loads(path, arg):
   cfg = config_lib.load_recipe(f"{path}:{arg}" if arg else str(path))
   assert isinstance(cfg, config_lib.Config)
-  assert cfg.data.max_seq_len <= cfg.model.max_position_embeddings
+  task = tasks.get(cfg.train.objective)
+  assert models.of(cfg.model).name in task.families
+  task.check(cfg)  # lengths fit the model, settings in range
   # The resolved config survives its JSON form (what goes into the workdir).
   assert config_lib.Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 

@@ -1,6 +1,7 @@
 """The seq2seq task: pairs from files, packed rows, decoding evaluation, metrics, errors."""
 
 import json
+import re
 import random
 
 import jax
@@ -228,3 +229,34 @@ def test_span_corruption_needs_room_for_sentinels(corpus_dir, cache_dir, tmp_pat
                train=TrainConfig(objective="span_corruption"))
   with pytest.raises(LmjaxError, match="no room for the 3 sentinel ids"):
     trainer.train(cfg, tmp_path / "run")
+
+
+# --- the registry-shipped pair data sets (fetched once into the default cache) -------
+
+@pytest.mark.xdist_group("default_cache")
+def test_cmu_pronunciation_builder_counts_and_split_by_word():
+  from lmjax.data import pairs
+  data = pairs.load_pairs(DataConfig(dataset="cmu_pronunciation"))
+  sizes = {k: len(v) for k, v in data.splits.items()}
+  assert sum(sizes.values()) == 135_166 and sizes["train"] > 0.79 * 135_166
+  words = {k: set(v.inputs) for k, v in data.splits.items()}
+  assert sum(map(len, words.values())) == 126_052  # distinct words, each in exactly one split
+  assert not (words["train"] & words["test"]) and not (words["train"] & words["validation"])
+  train = data.splits["train"]
+  assert all(not any(c.isdigit() for c in t) for t in train.targets[:2000])  # stress removed
+  assert data.metrics == ("wer", "per") and data.best_metric == "exact_match"
+
+
+@pytest.mark.xdist_group("default_cache")
+def test_django_translation_builder_keeps_placeholders():
+  from lmjax.data import pairs
+  data = pairs.load_pairs(DataConfig(dataset="django_translation/de"))
+  sizes = {k: len(v) for k, v in data.splits.items()}
+  assert 700 <= sum(sizes.values()) <= 800 and sizes["test"] >= 60
+  everything = [(x, y) for s in data.splits.values() for x, y in zip(s.inputs, s.targets)]
+  assert len({x for x, _ in everything}) == len(everything)  # one translation per source string
+  with_placeholders = [(x, y) for x, y in everything if "%(" in x]
+  assert len(with_placeholders) > 20
+  assert all(set(re.findall(r"%\(\w+\)s", x)) == set(re.findall(r"%\(\w+\)s", y)) for x, y in with_placeholders)
+  with pytest.raises(LmjaxError, match="needs a language"):
+    pairs.load_pairs(DataConfig(dataset="django_translation"))

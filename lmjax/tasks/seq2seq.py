@@ -325,10 +325,14 @@ class Seq2Seq(base.Task):
       def evaluate(ctx: base.EvalContext, params) -> dict:
         out = base.held_out(self, ctx, params, held, cfg.train.eval_batches) if held is not None else {}
         gen.params = params
-        tokens, _, refs = grouped(encoded[split])
+        tokens, texts, refs = grouped(encoded[split])
         outputs = decode_all(gen, tokens, cfg.decode, max_new, cfg.decode.batch_size, tok.eos_id)
         predictions = [tok.decode(o) for o in outputs]
-        return {**out, **seq2seq_report(predictions, refs, data.metrics)}
+        out.update(seq2seq_report(predictions, refs, data.metrics))
+        if "bleu" in data.metrics or "chrf" in data.metrics:  # the copy-the-input baseline, for scale
+          copied = seq2seq_report(list(texts), refs, tuple(m for m in data.metrics if m in ("bleu", "chrf")))
+          out.update({f"copy_{m}": copied[m] for m in ("bleu", "chrf") if m in copied})
+        return out
       return evaluate
 
     pretrained = None
@@ -352,5 +356,6 @@ class Seq2Seq(base.Task):
     return {"perplexity": base.perplexity(metrics["lm_loss"])}
 
   def format_report(self, report: dict, title: str) -> str:
-    keys = [k for k in ("exact_match", "wer", "per", "cer", "bleu", "chrf", "accuracy") if k in report]
+    keys = [k for k in ("exact_match", "wer", "per", "cer", "bleu", "chrf", "copy_bleu", "copy_chrf", "accuracy")
+            if k in report]
     return f"{title}: {report['examples']} distinct inputs\n" + "  ".join(f"{k}={report[k]:.4f}" for k in keys)
