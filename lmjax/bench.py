@@ -193,7 +193,7 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
     raise LmjaxError(f"--generate needs a recipe of a family that generates text (a decoder); this recipe's "
                      f"{family.name!r} model does not, e.g. use configs/gpt_tiny_shakespeare.py.")
   m = cfg.model
-  seq2seq = family.generation.encoder_decoder
+  encoder_decoder = family.generation.encoder_decoder
   window = getattr(m, "max_position_embeddings", None)  # None: relative positions (T5)
   if prompt_len < 1 or new_tokens < 1 or (window is not None and prompt_len + new_tokens > window):
     raise LmjaxError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} must be positive and fit the context "
@@ -208,7 +208,7 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
          "new_tokens": new_tokens, "dtype": m.dtype, "device_kind": jax.devices()[0].device_kind,
          "platform": jax.devices()[0].platform}
   # An encoder-decoder reads the prompts as its inputs and writes new_tokens from its start token.
-  call = ((lambda use_cache: gen.generate(inputs=prompts, sampling=greedy, use_cache=use_cache)) if seq2seq else
+  call = ((lambda use_cache: gen.generate(inputs=prompts, sampling=greedy, use_cache=use_cache)) if encoder_decoder else
           (lambda use_cache: gen.generate(prompts, greedy, use_cache=use_cache)))
   for name, use_cache in (("cache", True), ("no_cache", False)):
     call(use_cache)  # compiles
@@ -219,7 +219,7 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
   out["cache_speedup"] = out["cache_tokens_per_sec"] / out["no_cache_tokens_per_sec"]
   # Forward FLOPs of one decoded token at the mean context (prompt + half the new tokens);
   # flops_per_token(T) charges attention over T / 2 keys, hence 2x the context.
-  if seq2seq:  # the decoder's share (the encoder and the cross-attention keys/values run once per input)
+  if encoder_decoder:  # the decoder's share (the encoder and the cross-attention keys/values run once per input)
     with_targets = m.flops_per_token(Workload(prompt_len, target_len=new_tokens), training=False)
     flops = (with_targets - m.flops_per_token(Workload(prompt_len, target_len=0), training=False)) * (
         prompt_len / new_tokens)

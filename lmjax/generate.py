@@ -139,6 +139,16 @@ class Beams:
   steps: int = 0
 
 
+def apply_template(template: str, text: str) -> str:
+  """A seq2seq run's input template ("... {input} ...") applied to a text."""
+  return template.replace("{input}", text)
+
+
+def encode_inputs(tok, texts: list[str], template: str = "{input}") -> list[list[int]]:
+  """Encoder tokens of each text: the template applied, then the end-of-text token (as T5's inputs)."""
+  return [list(ids) + [tok.eos_id] for ids in tok.encode([apply_template(template, t) for t in texts])]
+
+
 def _bucket(n: int) -> int:
   """Padded length for n tokens: powers of two up to PROMPT_BUCKET, then its multiples (few compilations)."""
   if n <= PROMPT_BUCKET:
@@ -489,12 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     raise LmjaxError(f"--num-beams {args.num_beams}: the beam width must be at least 1.")
   m = load(args.workdir, args.checkpoint)
   from lmjax import models  # noqa: PLC0415
-  seq2seq = models.of(m.cfg).generation.encoder_decoder
+  encoder_decoder = models.of(m.cfg).generation.encoder_decoder
   run = m.run_config
-  decode = run.decode if run is not None and seq2seq else None
+  decode = run.decode if run is not None and encoder_decoder else None
   num_beams = args.num_beams or (decode.num_beams if decode else 1)
   max_new = args.max_new_tokens or (decode and (decode.max_new_tokens or run.data.max_target_len)) or 64
-  temperature = args.temperature if args.temperature is not None else (0.0 if seq2seq else 0.8)
+  temperature = args.temperature if args.temperature is not None else (0.0 if encoder_decoder else 0.8)
   sampling = Sampling(max_new, temperature, args.top_k, args.top_p, args.seed)
   sampling.check()
   tok = m.tokenizer
@@ -508,8 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_ids.add(ids[0])
   gen = Generator(m.cfg, m.params)
   log(f"{m.source}, {len(prompts)} prompt(s)")
-  if seq2seq:
-    from lmjax.tasks.seq2seq import encode_inputs  # noqa: PLC0415
+  if encoder_decoder:
     template = run.data.input_template if run is not None and not args.raw else "{input}"
     if tok.eos_id is None:
       raise LmjaxError(f"The tokenizer of {args.workdir} has no end-of-text token; T5 inputs end with one.")

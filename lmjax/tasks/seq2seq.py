@@ -32,21 +32,13 @@ import numpy as np
 
 from lmjax import runs
 from lmjax.errors import LmjaxError
+from lmjax.generate import encode_inputs
 from lmjax.metrics import log
 from lmjax.models.family import Workload
 from lmjax.tasks import base
 from lmjax.tasks.base import BatchField
 
 METRICS = ("exact_match", "wer", "per", "bleu", "chrf", "accuracy")
-
-
-def apply_template(template: str, text: str) -> str:
-  return template.replace("{input}", text)
-
-
-def encode_inputs(tok, texts: list[str], template: str = "{input}") -> list[list[int]]:
-  """Encoder tokens of each text: the template applied, then the end-of-text token."""
-  return [list(ids) + [tok.eos_id] for ids in tok.encode([apply_template(template, t) for t in texts])]
 
 
 @dataclasses.dataclass
@@ -316,7 +308,7 @@ class Seq2Seq(base.Task):
                                                  cfg.train.seed, d.pack_examples, shuffle, start_id)
     train_rows = row("train", True)
     max_new = cfg.decode.max_new_tokens or d.max_target_len
-    from lmjax.generate import Generator  # noqa: PLC0415
+    from lmjax.generate import Generator  # noqa: PLC0415  (jax: imported when a run opens)
     gen = Generator(cfg.model, None)  # built here, outside the run's mesh; evaluations set its parameters
 
     def report(split: str, with_loss: bool):
