@@ -21,7 +21,7 @@ def get_config(arg=None):
       model=T5Config(vocab_size=8192, hidden_size=256, num_layers=4, num_decoder_layers=4, num_heads=4, head_dim=64,
                      mlp_dim=768, mlp="gated-gelu", tie_embeddings=False, dropout_rate=0.0),
       data=DataConfig(dataset="shakespeare_milton", max_seq_len=128),
-      train=TrainConfig(objective="span_corruption", steps=600, batch_size=16, learning_rate=2e-3, warmup_steps=60,
+      train=TrainConfig(objective="span_corruption", steps=600, batch_size=16, learning_rate=5e-4, warmup_steps=60,
                         schedule="cosine", weight_decay=0.01, eval_every=200, eval_batches=10),
       checkpoint=CheckpointConfig(every=200, keep=2),
       logging=LoggingConfig(every=20),

@@ -26,7 +26,7 @@ def get_config(arg=None):
       model=T5Config(dropout_rate=0.1),
       data=DataConfig(dataset="django_translation/de", input_template="translate English to German: {input}",
                       max_seq_len=96, max_target_len=96),
-      train=TrainConfig(objective="seq2seq", init_from="runs/t5_span", steps=600, batch_size=16, learning_rate=1e-3,
+      train=TrainConfig(objective="seq2seq", init_from="runs/t5_span", steps=600, batch_size=16, learning_rate=3e-4,
                         warmup_steps=30, weight_decay=0.01, eval_every=150),
       checkpoint=CheckpointConfig(every=150, keep=1, best_metric="bleu"),
       decode=DecodeConfig(num_beams=4, length_penalty=1.0, max_new_tokens=96, batch_size=64),
