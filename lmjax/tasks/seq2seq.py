@@ -230,8 +230,11 @@ class Seq2Seq(base.Task):
   data_groups = ("labelled", "seq2seq")
   fine_tuning = True  # init_from is optional: from scratch works too
 
+  def _target_len(self, cfg) -> int:
+    return cfg.data.max_target_len
+
   def batch(self, cfg) -> dict[str, BatchField]:
-    s, t, v = cfg.data.max_seq_len, cfg.data.max_target_len, cfg.model.vocab_size
+    s, t, v = cfg.data.max_seq_len, self._target_len(cfg), cfg.model.vocab_size
     return {
         "input_ids": BatchField((s,), np.int32, ("seq",), base.random_ids(5, v)),
         "input_segments": BatchField((s,), np.int32, ("seq",), base.constant(1, np.int32)),
@@ -242,7 +245,7 @@ class Seq2Seq(base.Task):
     }
 
   def workload(self, cfg) -> Workload:
-    return Workload(cfg.data.max_seq_len, target_len=cfg.data.max_target_len)
+    return Workload(cfg.data.max_seq_len, target_len=self._target_len(cfg))
 
   def check(self, cfg) -> None:
     d = cfg.data

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from lmjax.data import span_corruption as sc
 from lmjax.errors import LmjaxError
-from lmjax.models.family import Workload
 from lmjax.tasks import base
-from lmjax.tasks.base import BatchField
 from lmjax.tasks.seq2seq import Seq2Seq
 
 
@@ -36,20 +32,6 @@ class SpanCorruption(Seq2Seq):  # the loss, metrics and model of seq2seq; its ow
   def _target_len(self, cfg) -> int:
     d = cfg.data
     return sc.lengths_for(d.max_seq_len, d.noise_density, d.mean_noise_span_length)[1]
-
-  def batch(self, cfg) -> dict[str, BatchField]:
-    s, t, v = cfg.data.max_seq_len, self._target_len(cfg), cfg.model.vocab_size
-    return {
-        "input_ids": BatchField((s,), np.int32, ("seq",), base.random_ids(5, v)),
-        "input_segments": BatchField((s,), np.int32, ("seq",), base.constant(1, np.int32)),
-        "decoder_input_ids": BatchField((t,), np.int32, ("seq",), base.random_ids(5, v)),
-        "target_ids": BatchField((t,), np.int32, ("seq",), base.random_ids(5, v)),
-        "target_segments": BatchField((t,), np.int32, ("seq",), base.constant(1, np.int32)),
-        "target_weights": BatchField((t,), np.float32, ("seq",), base.constant(1.0, np.float32)),
-    }
-
-  def workload(self, cfg) -> Workload:
-    return Workload(cfg.data.max_seq_len, target_len=self._target_len(cfg))
 
   def check(self, cfg) -> None:
     d = cfg.data
