@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax import sharding as sh
+from lmjax.errors import LmjaxError
 
 Array = jax.Array
 
@@ -108,6 +109,33 @@ def _grad_boundary_bwd(_, g):
 grad_boundary.defvjp(_grad_boundary_fwd, _grad_boundary_bwd)
 
 
+# Rematerialisation of each block in the backward pass (`model.remat`):
+#   none           keep what the backward pass needs (fastest, most memory)
+#   full           keep each block's input only; recompute the block in the backward pass
+#   dots           keep every matmul's output (projections and attention scores);
+#                  recompute the elementwise work (norms, activations, softmax, dropout masks)
+#   dots_no_batch  keep the outputs of matmuls without batch dimensions (the weight
+#                  projections); recompute attention and the elementwise work
+REMAT = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(policy: str) -> None:
+  if policy not in REMAT:
+    raise LmjaxError(f"model.remat={policy!r} is not a rematerialisation policy; use one of {', '.join(REMAT)}.")
+
+
+def call_block(block: nnx.Module, remat: str, *args):
+  """block(*args), rematerialised under the policy `remat` (see REMAT)."""
+  if remat == "none":
+    return block(*args)
+  return nnx.remat(lambda m, *a: m(*a), policy=REMAT[remat])(block, *args)
+
+
 def split_rng(rng: Array | None, n: int) -> list[Array | None]:
   if rng is None:
     return [None] * n
@@ -125,7 +153,9 @@ class Embed(nnx.Module):
     return jnp.take(self.embedding[...].astype(dtype), ids, axis=0)
 
   def attend(self, x_bpd: Array) -> Array:
-    return jnp.einsum("...D,VD->...V", x_bpd, self.embedding[...].astype(x_bpd.dtype))
+    """Logits [..., V], accumulated and returned in float32 whatever the compute dtype."""
+    return jnp.einsum("...D,VD->...V", x_bpd, self.embedding[...].astype(x_bpd.dtype),
+                      preferred_element_type=jnp.float32)
 
 
 class Dense(nnx.Module):
@@ -193,14 +223,19 @@ class Attention(nnx.Module):
   broadcastable to [B, N, T, S]: padding ([B, 1, 1, S], `padding_bias`),
   causal and packed-segment masks ([B, 1, T, S], `mask_to_bias`), or a
   per-head relative position bias ([1, N, T, S]) added to either.
+  `causal=True` adds the causal mask on top (built inside `attend`, so the
+  cuDNN kernel can skip the masked blocks instead of reading a bias).
   Softmax in float32. Queries are scaled by 1/sqrt(H) unless `scale=False`
   (T5, whose initialisation folds that factor into the query weights).
   The head width H is dim / num_heads unless `head_dim` sets it.
+  `implementation` picks the kernel (`ATTENTION`, see `attend`).
   """
 
   def __init__(self, dim: int, num_heads: int, *, kv_heads: int = 0, head_dim: int = 0, use_bias: bool = True,
                rope_theta: float = 0.0, scale: bool = True, init_std: float, q_init_std: float | None = None,
-               out_init_std: float | None = None, dropout_rate: float = 0.0, rngs: nnx.Rngs):
+               out_init_std: float | None = None, dropout_rate: float = 0.0, implementation: str = "auto",
+               rngs: nnx.Rngs):
+    check_attention(implementation, dropout_rate)
     k = kv_heads or num_heads
     if not head_dim and dim % num_heads:
       raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
@@ -211,6 +246,7 @@ class Attention(nnx.Module):
     self.rope_theta = rope_theta  # 0 = no rotary positions
     self.scale = scale
     self.dropout_rate = dropout_rate
+    self.implementation = implementation
     init = normal(init_std)
     self.q_dnh = param(rngs, init if q_init_std is None else normal(q_init_std), (dim, n, h), ("embed", "heads", "kv"))
     self.k_dkh = param(rngs, init, (dim, k, h), ("embed", "kv_heads", "kv"))
@@ -236,8 +272,8 @@ class Attention(nnx.Module):
     return {"k": self._project(kv_bsd, self.k_dkh, self.k_bias, "BSD,DKH->BSKH"),
             "v": self._project(kv_bsd, self.v_dkh, self.v_bias, "BSD,DKH->BSKH")}
 
-  def __call__(self, x_btd: Array, bias: Array, *, kv_bsd: Array | None = None, positions_bt: Array | None = None,
-               cache: dict | None = None, kv: dict | None = None,
+  def __call__(self, x_btd: Array, bias: Array | None, *, causal: bool = False, kv_bsd: Array | None = None,
+               positions_bt: Array | None = None, cache: dict | None = None, kv: dict | None = None,
                rng: Array | None = None) -> tuple[Array, dict | None]:
     """Returns (output [B, T, D], the updated cache or None).
 
@@ -263,30 +299,85 @@ class Attention(nnx.Module):
       k_bskh = write(cache["k"], k_bskh, positions_bt[:, 0])
       v_bskh = write(cache["v"], v_bskh, positions_bt[:, 0])
       cache = {"k": k_bskh, "v": v_bskh}
-    out_btnh = attend(q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), bias,
-                      dropout_rate=self.dropout_rate, rng=rng)
+    out_btnh = attend(q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), bias, causal=causal,
+                      implementation=self.implementation, dropout_rate=self.dropout_rate, rng=rng)
     y_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.out_nhd[...].astype(x_btd.dtype))
     if self.out_bias is not None:
       y_btd = y_btd + self.out_bias[...].astype(x_btd.dtype)
     return y_btd, cache
 
 
-def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array, *, dropout_rate: float = 0.0,
-           rng: Array | None = None) -> Array:
+# Attention kernels (`model.attention`):
+#   einsum  two einsums around a float32 softmax, written out here: materialises
+#           the [B, N, T, S] scores; the only one with attention dropout
+#   xla     jax.nn.dot_product_attention(implementation="xla")
+#   cudnn   jax.nn.dot_product_attention(implementation="cudnn"): cuDNN's fused
+#           flash attention (NVIDIA GPUs, bfloat16/float16, head width <= 256)
+#   auto    cudnn on a GPU in bfloat16/float16 in calls without attention
+#           dropout, else einsum (on CPU the faster of einsum and xla, measured
+#           in docs/architecture.md)
+ATTENTION = ("auto", "einsum", "xla", "cudnn")
+
+
+def check_attention(implementation: str, dropout_rate: float) -> None:
+  if implementation not in ATTENTION:
+    raise LmjaxError(f"model.attention={implementation!r} is not an attention implementation; use one of "
+                     f"{', '.join(ATTENTION)}.")
+  if implementation in ("xla", "cudnn") and dropout_rate > 0:
+    raise LmjaxError(f"model.attention={implementation!r} (jax.nn.dot_product_attention) has no attention dropout, "
+                     f"but the attention dropout rate is {dropout_rate}: set model.attention_dropout_rate=0 "
+                     "(model.dropout_rate for T5), or use model.attention=einsum or auto (auto uses einsum "
+                     "wherever dropout applies).")
+
+
+def _pick(implementation: str, dtype, dropping: bool) -> str:
+  if implementation != "auto":
+    return implementation
+  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not dropping:
+    return "cudnn"
+  return "einsum"
+
+
+def causal_bias(t: int, s: int) -> Array:
+  """[1, 1, T, S] additive mask: query i (the last T of S positions) sees keys up to its own position."""
+  q = jnp.arange(t)[:, None] + (s - t)
+  return mask_to_bias(q >= jnp.arange(s)[None, :])[None, None]
+
+
+def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array | None, *, causal: bool = False,
+           implementation: str = "einsum", dropout_rate: float = 0.0, rng: Array | None = None) -> Array:
   """Softmax attention of pre-scaled queries; N query heads share K key/value
-  heads (N = K x G). `bias`: additive float32, broadcastable to [B, N, T, S].
-  Returns [B, T, N, H]."""
+  heads (N = K x G). `bias`: additive float32 or None, broadcastable to
+  [B, N, T, S]; `causal` adds the causal mask. Returns [B, T, N, H]."""
+  dropping = rng is not None and dropout_rate > 0
+  impl = _pick(implementation, q_btnh.dtype, dropping)
   b, t, n, h = q_btnh.shape
-  k = k_bskh.shape[2]
+  s, k = k_bskh.shape[1], k_bskh.shape[2]
+  if impl != "einsum":
+    if dropping:  # check_attention refuses this combination when the model is configured
+      raise LmjaxError(f"attention implementation {impl!r} has no dropout")
+    if causal and t != s:  # jax's is_causal aligns the first query with the first key; ours, the last
+      bias, causal = (causal_bias(t, s) if bias is None else bias + causal_bias(t, s)), False
+    if bias is not None:
+      bias = jnp.broadcast_to(bias, (bias.shape[0], bias.shape[1], t, s))
+      if impl == "cudnn":  # in the inputs' dtype, above the most negative value (cuDNN mishandles it, says JAX)
+        bias = jnp.maximum(bias, -(2.0 ** 41)).astype(q_btnh.dtype)
+    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, bias=bias, scale=1.0, is_causal=causal,
+                                        implementation=impl)
+  if causal:
+    bias = causal_bias(t, s) if bias is None else bias + causal_bias(t, s)
+  if bias is None:
+    bias = jnp.zeros((1, 1, 1, 1), jnp.float32)
+  f32 = jnp.float32
   if k == n:  # multi-head: no group axis
-    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bskh).astype(jnp.float32)
+    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bskh, preferred_element_type=f32)
     probs_bnts = jax.nn.softmax(logits_bnts + bias, axis=-1).astype(q_btnh.dtype)
     probs_bnts = dropout(probs_bnts, dropout_rate, rng)
     return jnp.einsum("BNTS,BSNH->BTNH", probs_bnts, v_bskh)
   g = n // k
   bias_bkgts = bias[:, :, None] if bias.shape[1] == 1 else bias.reshape(bias.shape[0], k, g, *bias.shape[2:])
   q_btkgh = q_btnh.reshape(b, t, k, g, h)
-  logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh).astype(jnp.float32)
+  logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh, preferred_element_type=f32)
   probs_bkgts = jax.nn.softmax(logits_bkgts + bias_bkgts, axis=-1).astype(q_btnh.dtype)
   probs_bkgts = dropout(probs_bkgts, dropout_rate, rng)
   return jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh).reshape(b, t, n, h)

@@ -73,3 +73,128 @@ def test_mlp_activations(activation, gated):
   assert (mlp.gate is None) != gated
   with pytest.raises(ValueError, match="unknown activation"):
     L.Mlp(8, 12, activation="swish", init_std=0.1, rngs=nnx.Rngs(0))
+
+
+# --- attention kernels -------------------------------------------------------
+
+def _qkv(b, t, s, n, k, h, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(keys[0], (b, t, n, h)) * 0.5, jax.random.normal(keys[1], (b, s, k, h)),
+          jax.random.normal(keys[2], (b, s, k, h)))
+
+
+def _masks(b, t, s, n):
+  """Padding [B,1,1,S], packed segments [B,1,T,S], a per-head bias [1,N,T,S] (T5) plus padding."""
+  lengths = jnp.asarray([s, s - 3])[:b]
+  pad = L.padding_bias((jnp.arange(s)[None] < lengths[:, None]).astype(jnp.int32))
+  seg = jnp.asarray([[1] * (s // 2) + [2] * (s - s // 2), [1] * (s - 2) + [0, 0]])[:b]
+  segments = L.mask_to_bias((seg[:, :t, None] == seg[:, None, :])[:, None])
+  relative = jax.random.normal(jax.random.key(7), (1, n, t, s))
+  return {"none": None, "padding": pad, "segments": segments, "relative+padding": relative + pad}
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("mask", ["none", "padding", "segments", "relative+padding"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_xla_attention_equals_einsum_values_and_gradients(kv_heads, mask, causal):
+  """jax.nn.dot_product_attention (model.attention=xla; cudnn on GPUs takes the
+  same arguments) = the einsum kernel, with padding, packed, per-head and causal
+  masks and grouped heads, in value and in the gradients of q, k, v and the bias."""
+  q, k, v = _qkv(2, 8, 8, 4, kv_heads, 16)
+  bias = _masks(2, 8, 8, 4)[mask]
+
+  def loss(impl, q, k, v, bias):
+    out = L.attend(q, k, v, bias, causal=causal, implementation=impl)
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
+
+  for impl_value, ref_value in zip(
+      jax.value_and_grad(loss, argnums=(1, 2, 3))("xla", q, k, v, bias),
+      jax.value_and_grad(loss, argnums=(1, 2, 3))("einsum", q, k, v, bias)):
+    for a, b in zip(jax.tree.leaves(impl_value), jax.tree.leaves(ref_value)):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  if bias is not None:
+    g_impl = jax.grad(loss, argnums=4)("xla", q, k, v, bias)
+    g_ref = jax.grad(loss, argnums=4)("einsum", q, k, v, bias)
+    np.testing.assert_allclose(g_impl, g_ref, rtol=2e-5, atol=2e-5)
+
+
+def test_causal_flag_equals_a_causal_bias_and_covers_cache_offsets():
+  q, k, v = _qkv(2, 3, 7, 4, 2, 8)
+  # three queries at the last three of seven positions (a cache being filled)
+  allowed = jnp.arange(3)[:, None] + 4 >= jnp.arange(7)[None, :]
+  explicit = L.attend(q, k, v, L.mask_to_bias(allowed[None, None]))
+  np.testing.assert_allclose(L.attend(q, k, v, None, causal=True), explicit, atol=1e-6)
+  np.testing.assert_allclose(L.attend(q, k, v, None, causal=True, implementation="xla"), explicit, atol=1e-5)
+
+
+def test_auto_attention_is_einsum_on_cpu_and_with_dropout():
+  assert L._pick("auto", jnp.bfloat16, dropping=False) == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+  assert L._pick("auto", jnp.bfloat16, dropping=True) == "einsum"
+  assert L._pick("xla", jnp.float32, dropping=False) == "xla"
+
+
+def test_bad_attention_and_remat_names_are_refused_with_the_valid_ones():
+  from lmjax.errors import LmjaxError  # noqa: PLC0415
+  from lmjax.models.bert import BertConfig  # noqa: PLC0415
+  from lmjax.models.gpt import GptConfig  # noqa: PLC0415
+  from lmjax.models.t5 import T5Config  # noqa: PLC0415
+  with pytest.raises(LmjaxError, match="model.attention='flash'.*auto, einsum, xla, cudnn"):
+    GptConfig.preset("tiny", attention="flash")
+  with pytest.raises(LmjaxError, match="model.remat='some'.*none, full, dots, dots_no_batch"):
+    BertConfig.preset("tiny", remat="some")
+  with pytest.raises(LmjaxError, match="no attention dropout.*attention_dropout_rate=0"):
+    BertConfig.preset("tiny", attention="cudnn")  # BERT's attention dropout is 0.1
+  with pytest.raises(LmjaxError, match="no attention dropout"):
+    T5Config.preset("t5-tiny", attention="xla")
+  GptConfig.preset("llama-tiny", attention="cudnn", remat="full")  # no dropout: fine
+
+
+# --- rematerialisation ----------------------------------------------------------
+
+def _family_loss(name, remat, attention="einsum"):
+  """(model, loss(model, key)) of a tiny model of each family with dropout on."""
+  from lmjax.models.bert import BertConfig, BertForPreTraining  # noqa: PLC0415
+  from lmjax.models.gpt import GptConfig, GptForCausalLM  # noqa: PLC0415
+  from lmjax.models.t5 import T5Config, T5ForConditionalGeneration  # noqa: PLC0415
+  ids = jax.random.randint(jax.random.key(1), (2, 16), 3, 100)
+  if name == "bert":
+    model = BertForPreTraining(BertConfig.preset("tiny", vocab_size=100, remat=remat), rngs=nnx.Rngs(0))
+    fwd = lambda m, key: m(ids, jnp.zeros_like(ids), jnp.ones_like(ids), jnp.arange(4)[None].repeat(2, 0),  # noqa: E731
+                            rng=key)[0]
+  elif name in ("gpt2", "llama"):
+    preset = "tiny" if name == "gpt2" else "llama-tiny"
+    model = GptForCausalLM(GptConfig.preset(preset, vocab_size=100, remat=remat, attention=attention,
+                                            **({} if name == "gpt2" else {"dropout_rate": 0.1})), rngs=nnx.Rngs(0))
+    fwd = lambda m, key: m(ids, rng=key)  # noqa: E731
+  else:
+    model = T5ForConditionalGeneration(T5Config.preset("t5-tiny", vocab_size=100, remat=remat), rngs=nnx.Rngs(0))
+    fwd = lambda m, key: m(ids, ids[:, :8], rng=key)  # noqa: E731
+
+  def loss(m, key):
+    return jnp.mean(jax.nn.log_softmax(fwd(m, key))[..., 5])
+  return model, loss
+
+
+@pytest.mark.parametrize("family, remat", [("bert", "full"), ("gpt2", "dots"), ("llama", "dots_no_batch"),
+                                           ("llama", "full"), ("t5", "full")])
+def test_remat_gives_the_same_loss_and_gradients_as_none(family, remat):
+  """Recomputing blocks in the backward pass (dropout masks included: the keys
+  are inputs of each block) changes memory, not numbers."""
+  key = jax.random.key(3)
+  grads = {}
+  for policy in ("none", remat):
+    model, loss = _family_loss(family, policy)
+    value, g = jax.jit(nnx.value_and_grad(loss))(model, key)
+    grads[policy] = (value, nnx.to_pure_dict(nnx.state(g)))
+  np.testing.assert_allclose(grads[remat][0], grads["none"][0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads[remat][1], grads["none"][1])
+
+
+def test_remat_recomputes_in_the_backward_pass():
+  """The policy reaches the compiled step: under `full` the gradient program
+  holds more matmuls (each block's forward runs again)."""
+  def dots(remat):
+    model, loss = _family_loss("llama", remat)
+    text = jax.jit(nnx.grad(loss)).lower(model, jax.random.key(0)).as_text()
+    return text.count("dot_general")
+  assert dots("full") > dots("none")

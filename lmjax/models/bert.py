@@ -53,6 +53,11 @@ class BertConfig:
   init_std: float = 0.02  # truncated-normal range in the original; normal here
   dtype: str = "float32"  # compute dtype; parameters stay float32
   num_labels: int = 2  # classes of the sequence-classification head (fine-tuning only)
+  # Attention kernel (lmjax.layers.ATTENTION: auto, einsum, xla, cudnn) and
+  # rematerialisation of each block (lmjax.layers.REMAT: none, full, dots,
+  # dots_no_batch). Neither changes the parameters.
+  attention: str = "auto"
+  remat: str = "none"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_position_embeddings",
@@ -64,6 +69,8 @@ class BertConfig:
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise LmjaxError(f"model.{name}={getattr(self, name)} must be in [0, 1).")
+    L.check_attention(self.attention, self.attention_dropout_rate)
+    L.check_remat(self.remat)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> BertConfig:
@@ -119,7 +126,8 @@ class EncoderLayer(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.attention = L.Attention(cfg.hidden_size, cfg.num_heads, init_std=cfg.init_std,
-                                 dropout_rate=cfg.attention_dropout_rate, rngs=rngs)
+                                 dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention,
+                                 rngs=rngs)
     self.attention_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
     self.mlp = L.Mlp(cfg.hidden_size, cfg.mlp_dim, activation="gelu", init_std=cfg.init_std, rngs=rngs)
     self.mlp_norm = L.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
@@ -152,7 +160,7 @@ class BertModel(nnx.Module):
     x_btd = L.shard(self.embeddings(ids_bt, type_ids_bt, rngs[0]), L.ACT_BTD)
     bias_b1ts = L.padding_bias(mask_bt)
     for layer, layer_rng in zip(self.layers, rngs[1:]):
-      x_btd = layer(x_btd, bias_b1ts, layer_rng)
+      x_btd = L.call_block(layer, self.cfg.remat, x_btd, bias_b1ts, layer_rng)
     if self.final_norm is not None:
       x_btd = self.final_norm(x_btd)
     pooled_bd = jnp.tanh(self.pooler(x_btd[:, 0]))

@@ -76,6 +76,11 @@ class GptConfig:
   attention_dropout_rate: float = 0.1
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype; parameters stay float32
+  # Attention kernel (lmjax.layers.ATTENTION: auto, einsum, xla, cudnn) and
+  # rematerialisation of each block (lmjax.layers.REMAT: none, full, dots,
+  # dots_no_batch). Neither changes the parameters.
+  attention: str = "auto"
+  remat: str = "none"
 
   def __post_init__(self):
     choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
@@ -89,6 +94,8 @@ class GptConfig:
                        "each key/value head serves a whole group of query heads. Choose a divisor of num_heads.")
     if self.position == "rope" and self.head_dim % 2:
       raise LmjaxError(f"Rotary positions need an even head width; hidden_size / num_heads = {self.head_dim}.")
+    L.check_attention(self.attention, self.attention_dropout_rate)
+    L.check_remat(self.remat)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> GptConfig:
@@ -142,17 +149,20 @@ class Block(nnx.Module):
     self.attention = L.Attention(cfg.hidden_size, cfg.num_heads, kv_heads=cfg.kv_heads, use_bias=cfg.use_bias,
                                  rope_theta=cfg.rope_theta if cfg.position == "rope" else 0.0,
                                  init_std=cfg.init_std, out_init_std=out_std,
-                                 dropout_rate=cfg.attention_dropout_rate, rngs=rngs)
+                                 dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention,
+                                 rngs=rngs)
     self.mlp_norm = _norm(cfg, rngs)
     swiglu = cfg.mlp == "swiglu"
     self.mlp = L.Mlp(cfg.hidden_size, cfg.mlp_dim, activation="silu" if swiglu else "gelu_tanh", gated=swiglu,
                      use_bias=cfg.use_bias, init_std=cfg.init_std, out_init_std=out_std, rngs=rngs)
 
   def __call__(self, x_btd, positions_bt, bias_b1ts, cache, rng):
+    """Without a cache (training, scoring) attention is causal on top of `bias`
+    (packed segments, or None); with one, `bias` alone masks the cache slots."""
     r_attn, r1, r2 = L.split_rng(rng, 3)
     p = self.cfg.dropout_rate
-    h_btd, cache = self.attention(self.attention_norm(x_btd), bias_b1ts, positions_bt=positions_bt, cache=cache,
-                                  rng=r_attn)
+    h_btd, cache = self.attention(self.attention_norm(x_btd), bias_b1ts, causal=cache is None,
+                                  positions_bt=positions_bt, cache=cache, rng=r_attn)
     x_btd = x_btd + L.dropout(h_btd, p, r1)
     x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd)), p, r2)
     # The residual stream's gradient is materialised here once per layer (see L.grad_boundary).
@@ -182,13 +192,16 @@ class GptForCausalLM(nnx.Module):
     x_btd = L.shard(L.dropout(x_btd, cfg.dropout_rate, rngs[0]), L.ACT_BTD)
     new_caches = []
     for i, layer in enumerate(self.layers):
-      x_btd, c = layer(x_btd, positions_bt, bias_b1ts, None if caches is None else caches[i], rngs[i + 1])
+      if caches is None:
+        x_btd, c = L.call_block(layer, cfg.remat, x_btd, positions_bt, bias_b1ts, None, rngs[i + 1])
+      else:
+        x_btd, c = layer(x_btd, positions_bt, bias_b1ts, caches[i], rngs[i + 1])
       new_caches.append(c)
     x_btd = self.final_norm(x_btd)
     if self.lm_head is None:
       logits_btv = self.embed.attend(x_btd)
     else:
-      logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(dt))
+      logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
     return logits_btv.astype(jnp.float32), (None if caches is None else new_caches)
 
   def __call__(self, ids_bt: Array, positions_bt: Array | None = None, segment_ids_bt: Array | None = None, *,
@@ -201,11 +214,10 @@ class GptForCausalLM(nnx.Module):
     b, t = ids_bt.shape
     if positions_bt is None:
       positions_bt = jnp.broadcast_to(jnp.arange(t), (b, t))
-    idx = jnp.arange(t)
-    allowed_bts = jnp.broadcast_to(idx[:, None] >= idx[None, :], (b, t, t))
-    if segment_ids_bt is not None:
-      allowed_bts = allowed_bts & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
-    logits_btv, _ = self._forward(ids_bt, positions_bt, L.mask_to_bias(allowed_bts[:, None]), None, rng)
+    # The causal mask is added inside attention; packed rows add their segment mask here.
+    bias_b1ts = (None if segment_ids_bt is None else
+                 L.mask_to_bias((segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])[:, None]))
+    logits_btv, _ = self._forward(ids_bt, positions_bt, bias_b1ts, None, rng)
     return logits_btv
 
   def decode(self, ids_bt: Array, positions_bt: Array, cache: list[dict]) -> tuple[Array, list[dict]]:
@@ -232,7 +244,8 @@ FAMILY = Family(
     name="gpt", config=GptConfig, models={"pretraining": GptForCausalLM},
     converter="lmjax.convert.gpt", hf_model_types=("gpt2", "llama"),
     arch_fields=tuple(f.name for f in dataclasses.fields(GptConfig)
-                      if f.name not in ("dropout_rate", "attention_dropout_rate", "init_std", "dtype")),
+                      if f.name not in ("dropout_rate", "attention_dropout_rate", "init_std", "dtype", "attention",
+                                        "remat")),
     generation=Generation(
         model="pretraining", init_cache=init_cache,
         prefill=lambda model, ids_bt, positions_bt, cache: model.decode(ids_bt, positions_bt, cache),

@@ -62,6 +62,11 @@ class T5Config:
   dropout_rate: float = 0.1  # embeddings, residual branches, attention probabilities, MLP hidden
   init_factor: float = 1.0  # scales every initialiser (T5's initializer_factor)
   dtype: str = "float32"  # compute dtype; parameters stay float32
+  # Attention kernel (lmjax.layers.ATTENTION: auto, einsum, xla, cudnn) and
+  # rematerialisation of each block (lmjax.layers.REMAT: none, full, dots,
+  # dots_no_batch). Neither changes the parameters.
+  attention: str = "auto"
+  remat: str = "none"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_decoder_layers", "num_heads", "head_dim", "mlp_dim",
@@ -75,6 +80,8 @@ class T5Config:
                        "encoder halves them by direction, and half of those are exact distances).")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise LmjaxError(f"model.dropout_rate={self.dropout_rate} must be in [0, 1).")
+    L.check_attention(self.attention, self.dropout_rate)
+    L.check_remat(self.remat)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> T5Config:
@@ -158,7 +165,7 @@ def _attention(cfg: T5Config, rngs: nnx.Rngs) -> L.Attention:
   f, d, h, n = cfg.init_factor, cfg.hidden_size, cfg.head_dim, cfg.num_heads
   return L.Attention(d, n, head_dim=h, use_bias=False, scale=False, init_std=f * d ** -0.5,
                      q_init_std=f * (d * h) ** -0.5, out_init_std=f * (n * h) ** -0.5,
-                     dropout_rate=cfg.dropout_rate, rngs=rngs)
+                     dropout_rate=cfg.dropout_rate, implementation=cfg.attention, rngs=rngs)
 
 
 def _mlp(cfg: T5Config, rngs: nnx.Rngs) -> L.Mlp:
@@ -223,7 +230,7 @@ class Stack(nnx.Module):
     bias = self.relative_bias(t, t) + mask_bias  # computed once per forward, shared by every layer
     x_btd = L.shard(L.dropout(x_btd, p, rngs[0]), L.ACT_BTD)
     for layer, layer_rng in zip(self.layers, rngs[1:-1]):
-      x_btd = layer(x_btd, bias, enc_bsd, cross_bias, layer_rng)[0]
+      x_btd = L.call_block(layer, self.cfg.remat, x_btd, bias, enc_bsd, cross_bias, layer_rng)[0]
     return L.dropout(self.final_norm(x_btd), p, rngs[-1])
 
   def step(self, x_btd: Array, positions_bt: Array, cross_bias: Array, caches: list[dict]
@@ -264,7 +271,8 @@ class T5ForConditionalGeneration(nnx.Module):
     if self.lm_head is None:
       logits_btv = self.embed.attend(x_btd * jnp.asarray(self.cfg.hidden_size ** -0.5, x_btd.dtype))
     else:
-      logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(x_btd.dtype))
+      logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(x_btd.dtype),
+                              preferred_element_type=jnp.float32)
     return logits_btv.astype(jnp.float32)
 
   def decode(self, ids_bt: Array, enc_bsd: Array, segments_bs: Array, decoder_segments_bt: Array | None = None, *,
@@ -330,7 +338,7 @@ FAMILY = Family(
     name="t5", config=T5Config, models={"seq2seq": T5ForConditionalGeneration},
     converter="lmjax.convert.t5", hf_model_types=("t5",),
     arch_fields=tuple(f.name for f in dataclasses.fields(T5Config)
-                      if f.name not in ("dropout_rate", "init_factor", "dtype")),
+                      if f.name not in ("dropout_rate", "init_factor", "dtype", "attention", "remat")),
     generation=Generation(
         model="seq2seq", init_cache=init_cache,
         prefill=lambda model, ids_bt, positions_bt, cache: model.decode_step(ids_bt, positions_bt, cache),
