@@ -13,6 +13,7 @@ is measured. Prints one JSON object:
   compile_time_s, model_flops_per_token (first-principles count, lmjax.models),
   xla_flops_per_token (XLA's cost analysis of the compiled step, per device x devices),
   tflops_per_sec, peak_flops, peak_source, mfu, peak_memory_bytes, peak_memory_source,
+  compiled_memory_bytes (XLA memory analysis of the step: what it needs on one device),
   cpu_tuning (which lmjax.host settings were in effect),
   plus the shapes, devices and precision it ran with.
 
@@ -121,6 +122,8 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   if steps < 1 or warmup < 0:
     raise LmjaxError("--steps must be at least 1 and --warmup at least 0.")
   cfg = _resolve(cfg)
+  if cfg.train.compile_cache:  # measure a cold compile unless a cache directory is asked for
+    host.compile_cache(cfg.train.compile_cache, cfg.data.cache_dir)
   task = tasks.get(cfg.train.objective)
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   trainer.validate(cfg, mesh, task)
@@ -173,6 +176,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
       "peak_flops": total_peak, "peak_source": peak_source,
       "mfu": achieved / total_peak if total_peak else None,
       "peak_memory_bytes": memory, "peak_memory_source": memory_source,
+      "compiled_memory_bytes": _compiled_memory(compiled),
       "cpu_tuning": host.tuned(),
   }
 
@@ -231,6 +235,16 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
   out["peak_flops"], out["peak_source"] = peak, peak_source
   out["decode_mfu"] = flops * out["cache_tokens_per_sec"] / peak if peak else None
   return out
+
+
+def _compiled_memory(compiled) -> int | None:
+  """Bytes the compiled step needs on one device (XLA memory analysis: arguments
+  + outputs + temporaries - donated buffers), whatever ran before in the process."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001  (not every backend implements it)
+    return None
 
 
 def _peak_memory(compiled) -> tuple[int | None, str]:

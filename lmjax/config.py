@@ -176,6 +176,10 @@ class TrainConfig:
   # model.safetensors + tokenizer). The encoder's architecture and tokenizer
   # come from there; the task head is new.
   init_from: str = ""
+  # JAX's persistent compilation cache: a resumed or repeated run loads its
+  # compiled steps instead of compiling again. "" = <data cache>/xla
+  # ($LMJAX_DATA_DIR or ~/.cache/lmjax), "off" = no cache, else a directory.
+  compile_cache: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@
 `python train.py`, `python -m lmjax.bench`, `python -m lmjax.predict`,
 `python -m lmjax.generate` and `benchmarks/peer.py` call `tune()` before JAX
 starts. Code that imports lmjax and runs its own steps can call it too (first
-thing, before any JAX operation). `LMJAX_CPU_TUNING=0` turns both settings off.
+thing, before any JAX operation). `LMJAX_CPU_TUNING=0` turns both settings off;
+they are not applied where JAX will run on a GPU or TPU (`accelerator_expected`).
 
 1. Keep freed host memory for reuse (glibc malloc). XLA allocates a step's
    temporaries afresh on every call; glibc serves big blocks with mmap and
@@ -37,9 +38,22 @@ _M_ARENA_MAX = -8
 _state = {"malloc": False, "threefry": False}
 
 
+def accelerator_expected() -> bool:
+  """Whether JAX will run on a GPU or TPU, judged before JAX starts: $JAX_PLATFORMS
+  names one, or (unset) a CUDA/ROCm plugin or libtpu is installed."""
+  import importlib.util  # noqa: PLC0415
+
+  platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+  if platforms:
+    return platforms.split(",")[0].strip() not in ("cpu", "")
+  plugins = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_rocm7_plugin", "jax_rocm60_plugin", "libtpu")
+  return any(importlib.util.find_spec(name) is not None for name in plugins)
+
+
 def tune() -> dict:
-  """Applies the settings above (once; idempotent). Returns which took effect."""
-  if os.environ.get("LMJAX_CPU_TUNING", "1") == "0":
+  """Applies the settings above (once; idempotent) when JAX will run on the
+  CPU (`accelerator_expected` is False). Returns which took effect."""
+  if os.environ.get("LMJAX_CPU_TUNING", "1") == "0" or accelerator_expected():
     return dict(_state)
   if not _state["malloc"]:
     _state["malloc"] = keep_freed_memory()
@@ -50,6 +64,34 @@ def tune() -> dict:
 
 def tuned() -> dict:
   return dict(_state)
+
+
+def compile_cache(setting: str = "", data_cache: str = "") -> str | None:
+  """Turns on JAX's persistent compilation cache (`train.compile_cache`): ""
+  puts it under the data cache, "off" leaves it off, anything else is the
+  directory. $JAX_COMPILATION_CACHE_DIR, when set, wins. Returns the directory."""
+  import jax  # noqa: PLC0415
+
+  from lmjax.errors import LmjaxError  # noqa: PLC0415
+
+  if setting == "off":
+    return None
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  if setting:
+    path = os.path.expanduser(setting)
+  else:
+    from lmjax.data.fetch import cache_root  # noqa: PLC0415
+    path = os.path.join(cache_root(data_cache), "xla")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise LmjaxError(f"train.compile_cache: cannot create {path} ({e.strerror}); give a writable directory "
+                     "or --set train.compile_cache=off.") from None
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Cache every step that took a second or more to compile (the default), whatever its size.
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  return path
 
 
 def keep_freed_memory() -> bool:

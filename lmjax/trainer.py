@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmjax import config as config_lib
-from lmjax import models, optim, tasks
+from lmjax import host, models, optim, tasks
 from lmjax import sharding as sh
 from lmjax.checkpoint import Checkpointer, param_shapes
 from lmjax.errors import LmjaxError
@@ -328,6 +328,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  host.compile_cache(cfg.train.compile_cache, cfg.data.cache_dir)
   if cfg.mesh.distributed:
     initialize_distributed(cfg.mesh)
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -384,20 +385,28 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
     return {"position": position + (at_step - start) * tc.batch_size, "global_batch": tc.batch_size}
   step = start
   interval_start, interval_steps, excluded = None, 0, 0.0
+  first_step_s = None  # compilation (or a load from the compilation cache) + the first step
   stop = _StopRequest()
   try:
     with jax.set_mesh(mesh), stop:
       while step < tc.steps:
+        if interval_start is None:
+          began = time.perf_counter()
         batch = to_global(next(it), setup)
         state, metrics = train_fn(state, batch)
         step += 1
         if interval_start is None:  # the first step includes compilation
           jax.block_until_ready(metrics["loss"])
           interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
+          first_step_s = interval_start - began
+          log(f"step {step}: first step took {first_step_s:.1f}s (compilation, or its load from the cache, "
+              "included)")
         else:
           interval_steps += 1
         if step % cfg.logging.every == 0 or step == tc.steps or step == start + 1:
           record = host_metrics(task, metrics)
+          if step == start + 1:
+            record["first_step_s"] = first_step_s
           if interval_steps:
             elapsed = time.perf_counter() - interval_start - excluded
             record["tokens_per_sec"] = tokens_per_step * interval_steps / elapsed
