@@ -66,34 +66,6 @@ def tuned() -> dict:
   return dict(_state)
 
 
-def compile_cache(setting: str = "", data_cache: str = "") -> str | None:
-  """Turns on JAX's persistent compilation cache (`train.compile_cache`): ""
-  puts it under the data cache, "off" leaves it off, anything else is the
-  directory. $JAX_COMPILATION_CACHE_DIR, when set, wins. Returns the directory."""
-  import jax  # noqa: PLC0415
-
-  from lmjax.errors import LmjaxError  # noqa: PLC0415
-
-  if setting == "off":
-    return None
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
-  if setting:
-    path = os.path.expanduser(setting)
-  else:
-    from lmjax.data.fetch import cache_root  # noqa: PLC0415
-    path = os.path.join(cache_root(data_cache), "xla")
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise LmjaxError(f"train.compile_cache: cannot create {path} ({e.strerror}); give a writable directory "
-                     "or --set train.compile_cache=off.") from None
-  jax.config.update("jax_compilation_cache_dir", path)
-  # Cache every step that took a second or more to compile (the default), whatever its size.
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  return path
-
-
 def keep_freed_memory() -> bool:
   """glibc only (Linux); False elsewhere. Takes full effect before JAX starts its threads."""
   if not sys.platform.startswith("linux"):

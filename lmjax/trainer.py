@@ -14,6 +14,7 @@ stream position, so a resumed run repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -28,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmjax import config as config_lib
-from lmjax import host, models, optim, tasks
+from lmjax import models, optim, tasks
 from lmjax import sharding as sh
 from lmjax.checkpoint import Checkpointer, param_shapes
 from lmjax.errors import LmjaxError
@@ -122,6 +123,30 @@ def build(cfg: config_lib.Config, mesh) -> Setup:
                batch_sharding=batch_sharding, abstract_state=abstract_state, meta=meta)
 
 
+def compile_cache(setting: str = "", data_cache: str = "") -> str | None:
+  """Turns on JAX's persistent compilation cache (`train.compile_cache`): ""
+  puts it under the data cache, "off" leaves it off, anything else is the
+  directory. $JAX_COMPILATION_CACHE_DIR, when set, wins. Returns the directory."""
+  if setting == "off":
+    return None
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  if setting:
+    path = os.path.expanduser(setting)
+  else:
+    from lmjax.data.fetch import cache_root  # noqa: PLC0415
+    path = os.path.join(cache_root(data_cache), "xla")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise LmjaxError(f"train.compile_cache: cannot create {path} ({e.strerror}); give a writable directory "
+                     "or --set train.compile_cache=off.") from None
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Cache every step that took a second or more to compile (the default), whatever its size.
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  return path
+
+
 def init_state(setup: Setup, pretrained: dict | None = None) -> dict:
   """Fresh state; `pretrained` ({param path: array}) replaces those parameters.
 
@@ -131,12 +156,15 @@ def init_state(setup: Setup, pretrained: dict | None = None) -> dict:
   s = setup
   model_cls = models.model_class(s.cfg.model, s.task.model)
 
-  def create():
-    params = nnx.to_pure_dict(nnx.split(model_cls(s.cfg.model, rngs=nnx.Rngs(s.cfg.train.seed)))[1])
+  def create(key):
+    params = nnx.to_pure_dict(nnx.split(model_cls(s.cfg.model, rngs=nnx.Rngs(key)))[1])
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": s.tx.init(params)}
 
+  # The key is an argument, not a constant: a program without inputs invites
+  # XLA to constant-fold the random initialisation at compile time (the same
+  # values as nnx.Rngs(seed)).
   with jax.set_mesh(s.mesh):
-    state = jax.jit(create, out_shardings=s.state_sharding)()
+    state = jax.jit(create, out_shardings=s.state_sharding)(jax.random.key(s.cfg.train.seed))
   if pretrained:
     shardings = s.state_sharding["params"]
     placed = {}
@@ -328,7 +356,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  host.compile_cache(cfg.train.compile_cache, cfg.data.cache_dir)
+  compile_cache(cfg.train.compile_cache, cfg.data.cache_dir)
   if cfg.mesh.distributed:
     initialize_distributed(cfg.mesh)
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)

@@ -148,3 +148,32 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tiny_cfg, tmp_path):
   resumed, straight = records(work), records(tmp_path / "straight")
   assert [r["step"] for r in resumed] == list(range(1, saved + 3))
   np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=1e-6)
+
+
+# --- the persistent compilation cache -------------------------------------------
+
+def _bench(cache: Path) -> dict:
+  env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  cmd = [sys.executable, "-m", "lmjax.bench", "--config", "configs/gpt_tiny_shakespeare.py", "--steps", "1",
+         "--warmup", "0", "--set", f"train.compile_cache={cache}", "--set", "train.batch_size=8"]
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout)
+
+
+def test_persistent_compilation_cache_is_filled_once_and_then_read(tmp_path):
+  """train.compile_cache: the first process compiles and writes its programs;
+  a second one with the same step finds them all (no new entries)."""
+  cache = tmp_path / "xla"
+  first = _bench(cache)
+  entries = sorted(p.name for p in cache.iterdir())
+  assert entries, "nothing was written to the compilation cache"
+  second = _bench(cache)
+  assert sorted(p.name for p in cache.iterdir()) == entries
+  print(f"compile {first['compile_time_s']:.2f}s cold, {second['compile_time_s']:.2f}s from the cache")
+
+
+def test_unwritable_compile_cache_is_a_clear_error():
+  with pytest.raises(LmjaxError, match="train.compile_cache: cannot create /proc/lmjax"):
+    trainer.compile_cache("/proc/lmjax/xla")
