@@ -10,7 +10,8 @@ same step `train.py` runs (same shardings, donated state), so no data loading
 is measured. Prints one JSON object:
 
   tokens_per_sec, step_time_s (median of --steps after --warmup), step_time_min_s,
-  compile_time_s, model_flops_per_token (first-principles count, lmjax.models),
+  compile_time_s (trace + lower + compile), xla_compile_s (XLA's part, or the
+  persistent cache's load when train.compile_cache names a directory), model_flops_per_token (first-principles count, lmjax.models),
   xla_flops_per_token (XLA's cost analysis of the compiled step, per device x devices),
   tflops_per_sec, peak_flops, peak_source, mfu, peak_memory_bytes, peak_memory_source,
   compiled_memory_bytes (XLA memory analysis of the step: what it needs on one device),
@@ -137,8 +138,11 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
     else:
       fn, args = eval_fn, (state["params"], batch)
     t = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    lowered = fn.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
     compile_time = time.perf_counter() - t
+    xla_compile = time.perf_counter() - lowered_at
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -168,7 +172,8 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
       "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
       "tokens_per_sec": tokens / step_time,
       "step_time_s": step_time, "step_time_min_s": min(times), "steps": steps, "warmup": warmup,
-      "compile_time_s": compile_time,
+      "compile_time_s": compile_time,  # tracing + lowering + XLA's compilation (or its load from the cache)
+      "xla_compile_s": xla_compile,
       "model_flops_per_token": flops_per_token,
       # cost_analysis counts one device's program; x devices for the whole step.
       # (not on GPUs: XLA's cost analysis leaves out the cuBLAS / cuDNN calls that do the matmuls)
