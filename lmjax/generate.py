@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
       for prompt, new in zip(prompts, out.tokens):
         print(text_of(prompt, new) if len(prompts) == 1 else f"{prompt}\t{text_of(prompt, new)}")
     return 0
-  encoded = tok.encode(prompts)
+  encoded = tok.encode_prompts(prompts)
 
   def continuation(prompt_ids, new_ids) -> str:
     # Decoded together with the prompt: tokenizers drop a leading space at

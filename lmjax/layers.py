@@ -109,6 +109,13 @@ def _grad_boundary_bwd(_, g):
 grad_boundary.defvjp(_grad_boundary_fwd, _grad_boundary_bwd)
 
 
+def cpu_grad_boundary(x: Array) -> Array:
+  """`grad_boundary` where the program is traced for the CPU, else x itself: a
+  custom_vjp has no forward-mode rule, so on GPUs and TPUs (where it would do
+  nothing) it stays out of the way of jax.jvp, jacfwd and hessian."""
+  return grad_boundary(x) if jax.default_backend() == "cpu" else x
+
+
 # Rematerialisation of each block in the backward pass (`model.remat`):
 #   none           keep what the backward pass needs (fastest, most memory)
 #   full           keep each block's input only; recompute the block in the backward pass

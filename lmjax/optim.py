@@ -24,9 +24,22 @@ def schedule(tc) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, tc.learning_rate, warmup), decay], [warmup])
 
 
+def decays(path: tuple) -> bool:
+  """Whether the parameter at `path` (its names, outermost first) is weight-decayed:
+  weight matrices and embedding tables are; biases (`bias`, `q_bias`, ...,
+  `mlm_bias`: any name ending in "bias"), norm scales (`scale`) and T5's
+  relative position bias table (`table`) are not, as in BERT, Hugging Face's
+  Trainer and nanoGPT. By name, not by rank: attention biases are [heads, head_dim]."""
+  name = str(path[-1])
+  return not (name.endswith("bias") or name in ("scale", "table"))
+
+
 def decay_mask(params):
-  """Weight decay on matrices and embeddings only: never biases or norm scales."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: decays(tuple(_key(k) for k in path)), params)
+
+
+def _key(k):
+  return getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
 
 
 def make(tc) -> optax.GradientTransformation:

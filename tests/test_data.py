@@ -176,3 +176,24 @@ def test_text_dir_builder_round_trip(tmp_path):
   (root / "doc00.txt").write_text("Changed text. Two sentences.\n\nAnother paragraph here.\n")
   assert builders.load_corpus(cfg)[0] != identity
 
+
+
+def test_decoder_prompts_follow_the_checkpoints_tokenizer_like_transformers(tmp_path):
+  """A Llama tokenizer adds <s> in front of a prompt (transformers' tokenizer(text)
+  does); lmjax's plain `encode` (training text, classification) adds nothing."""
+  transformers = pytest.importorskip("transformers")
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
+
+  from lmjax.data.tokenizer import HfTokenizer  # noqa: PLC0415
+  tok = Tokenizer(models.BPE(unk_token="<unk>"))
+  tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+  tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 50,
+                          trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"]))
+  transformers.LlamaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  add_bos_token=True).save_pretrained(tmp_path)
+  ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  ours = HfTokenizer.load(tmp_path / "tokenizer.json")
+  for text in ("the lazy fox", "quick brown dog jumps"):
+    assert ours.encode_prompts([text])[0] == ref(text)["input_ids"]
+    assert ref(text)["input_ids"][0] == ref.bos_token_id
+    assert ours.encode([text])[0] == ref(text)["input_ids"][1:]

@@ -151,23 +151,24 @@ def test_bad_attention_and_remat_names_are_refused_with_the_valid_ones():
 
 # --- rematerialisation ----------------------------------------------------------
 
-def _family_loss(name, remat, attention="einsum"):
+def _family_loss(name, remat, attention="einsum", dtype="float32"):
   """(model, loss(model, key)) of a tiny model of each family with dropout on."""
   from lmjax.models.bert import BertConfig, BertForPreTraining  # noqa: PLC0415
   from lmjax.models.gpt import GptConfig, GptForCausalLM  # noqa: PLC0415
   from lmjax.models.t5 import T5Config, T5ForConditionalGeneration  # noqa: PLC0415
   ids = jax.random.randint(jax.random.key(1), (2, 16), 3, 100)
   if name == "bert":
-    model = BertForPreTraining(BertConfig.preset("tiny", vocab_size=100, remat=remat), rngs=nnx.Rngs(0))
+    model = BertForPreTraining(BertConfig.preset("tiny", vocab_size=100, remat=remat, dtype=dtype), rngs=nnx.Rngs(0))
     fwd = lambda m, key: m(ids, jnp.zeros_like(ids), jnp.ones_like(ids), jnp.arange(4)[None].repeat(2, 0),  # noqa: E731
                             rng=key)[0]
   elif name in ("gpt2", "llama"):
     preset = "tiny" if name == "gpt2" else "llama-tiny"
-    model = GptForCausalLM(GptConfig.preset(preset, vocab_size=100, remat=remat, attention=attention,
+    model = GptForCausalLM(GptConfig.preset(preset, vocab_size=100, remat=remat, attention=attention, dtype=dtype,
                                             **({} if name == "gpt2" else {"dropout_rate": 0.1})), rngs=nnx.Rngs(0))
     fwd = lambda m, key: m(ids, rng=key)  # noqa: E731
   else:
-    model = T5ForConditionalGeneration(T5Config.preset("t5-tiny", vocab_size=100, remat=remat), rngs=nnx.Rngs(0))
+    model = T5ForConditionalGeneration(T5Config.preset("t5-tiny", vocab_size=100, remat=remat, dtype=dtype),
+                                       rngs=nnx.Rngs(0))
     fwd = lambda m, key: m(ids, ids[:, :8], rng=key)  # noqa: E731
 
   def loss(m, key):
@@ -198,3 +199,32 @@ def test_remat_recomputes_in_the_backward_pass():
     text = jax.jit(nnx.grad(loss)).lower(model, jax.random.key(0)).as_text()
     return text.count("dot_general")
   assert dots("full") > dots("none")
+
+
+def test_forward_mode_differentiation_passes_the_decoder_where_grad_boundary_is_off(monkeypatch):
+  """jax.jvp through a GPT block: refused by the CPU-only custom_vjp, fine
+  wherever cpu_grad_boundary is the identity (GPUs, TPUs)."""
+  from lmjax.models.gpt import GptConfig, GptForCausalLM  # noqa: PLC0415
+  model = GptForCausalLM(GptConfig.preset("tiny", vocab_size=50, num_layers=1), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  ids = jnp.arange(6)[None] % 50
+
+  def logits(p):
+    return nnx.merge(graphdef, p)(ids)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  _, tangent = jax.jvp(logits, (params,), (jax.tree.map(jnp.ones_like, params),))
+  assert tangent.shape == (1, 6, 50) and bool(jnp.isfinite(tangent).all())
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(logits, (params,), (jax.tree.map(jnp.ones_like, params),))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5"])
+def test_bfloat16_compute_stays_close_to_float32(family):
+  """Same parameters, bfloat16 compute: logits and scores accumulate in float32,
+  so the loss moves by bfloat16 rounding of the activations only."""
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    model, loss = _family_loss(family, "none", dtype=dtype)
+    losses[dtype] = float(jax.jit(loss)(model, None))
+  assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * abs(losses["float32"]), losses

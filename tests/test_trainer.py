@@ -177,3 +177,43 @@ def test_persistent_compilation_cache_is_filled_once_and_then_read(tmp_path):
 def test_unwritable_compile_cache_is_a_clear_error():
   with pytest.raises(LmjaxError, match="train.compile_cache: cannot create /proc/lmjax"):
     trainer.compile_cache("/proc/lmjax/xla")
+
+
+# --- weight decay -----------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5"])
+def test_weight_decay_reaches_matrices_and_embeddings_only(family):
+  """The decayed leaves of each family, listed by name: biases (attention
+  biases are 2-D), norm scales and T5's relative position tables are left alone."""
+  import jax  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from lmjax import optim  # noqa: PLC0415
+  from lmjax.models.bert import BertConfig, BertForPreTraining  # noqa: PLC0415
+  from lmjax.models.gpt import GptConfig, GptForCausalLM  # noqa: PLC0415
+  from lmjax.models.t5 import T5Config, T5ForConditionalGeneration  # noqa: PLC0415
+  build = {"bert": lambda: BertForPreTraining(BertConfig.preset("tiny", num_layers=1), rngs=nnx.Rngs(0)),
+           "gpt2": lambda: GptForCausalLM(GptConfig.preset("tiny", num_layers=1), rngs=nnx.Rngs(0)),
+           "llama": lambda: GptForCausalLM(GptConfig.preset("llama-tiny", num_layers=1), rngs=nnx.Rngs(0)),
+           "t5": lambda: T5ForConditionalGeneration(T5Config.preset("t5-tiny", num_layers=1, num_decoder_layers=1),
+                                                    rngs=nnx.Rngs(0))}[family]
+  params = nnx.to_pure_dict(nnx.state(build(), nnx.Param))
+  mask = optim.decay_mask(params)
+  decayed = {"/".join(str(optim._key(k)) for k in path)
+             for path, on in jax.tree_util.tree_leaves_with_path(mask) if on}
+  kept = {"/".join(str(optim._key(k)) for k in path)
+          for path, on in jax.tree_util.tree_leaves_with_path(mask) if not on}
+  names = {p.rsplit("/", 1)[-1] for p in decayed}
+  expected = {
+      "bert": {"embedding", "kernel", "q_dnh", "k_dkh", "v_dkh", "out_nhd"},
+      "gpt2": {"embedding", "kernel", "q_dnh", "k_dkh", "v_dkh", "out_nhd"},
+      "llama": {"embedding", "kernel", "q_dnh", "k_dkh", "v_dkh", "out_nhd", "lm_head"},
+      "t5": {"embedding", "kernel", "q_dnh", "k_dkh", "v_dkh", "out_nhd"},
+  }[family]
+  assert names == expected, sorted(decayed)
+  for path in kept:
+    assert path.rsplit("/", 1)[-1].endswith("bias") or path.endswith(("scale", "table")), path
+  if family in ("bert", "gpt2"):  # the 2-D attention biases are among the kept
+    assert "layers/0/attention/q_bias" in kept or "bert/layers/0/attention/q_bias" in kept, sorted(kept)
+  if family == "t5":
+    assert "encoder/relative_bias/table" in kept

@@ -63,6 +63,10 @@ class Tokenizer:
   def encode(self, texts: list[str]) -> list[list[int]]:
     return self.sp.Encode(texts, out_type=int, num_threads=2)
 
+  def encode_prompts(self, texts: list[str]) -> list[list[int]]:
+    """Prompts for a decoder: lmjax's own models start documents without a marker."""
+    return self.encode(texts)
+
   def decode(self, ids) -> str:
     return self.sp.Decode([int(i) for i in ids])
 
@@ -161,6 +165,19 @@ class HfTokenizer:
 
   def encode(self, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def encode_prompts(self, texts: list[str]) -> list[list[int]]:
+    """Prompts for a decoder, as the checkpoint's own tokenizer makes them:
+    with the special tokens its post-processor adds in front (Llama's `<s>`;
+    none for GPT-2), as transformers' `tokenizer(text)` does, but never an
+    end-of-text token after the prompt (the model is to continue it)."""
+    out = []
+    for e in self.tok.encode_batch(list(texts), add_special_tokens=True):
+      ids = list(e.ids)
+      while ids and self.eos_id is not None and ids[-1] == self.eos_id and e.special_tokens_mask[len(ids) - 1]:
+        ids.pop()
+      out.append(ids)
+    return out
 
   def decode(self, ids) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
