@@ -193,7 +193,7 @@ def test_decoder_prompts_follow_the_checkpoints_tokenizer_like_transformers(tmp_
                                   add_bos_token=True).save_pretrained(tmp_path)
   ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   ours = HfTokenizer.load(tmp_path / "tokenizer.json")
-  for text in ("the lazy fox", "quick brown dog jumps"):
-    assert ours.encode_prompts([text])[0] == ref(text)["input_ids"]
-    assert ref(text)["input_ids"][0] == ref.bos_token_id
-    assert ours.encode([text])[0] == ref(text)["input_ids"][1:]
+  for prompt in ("the lazy fox", "quick brown dog jumps"):
+    assert ours.encode_prompts([prompt])[0] == ref(prompt)["input_ids"]
+    assert ref(prompt)["input_ids"][0] == ref.bos_token_id
+    assert ours.encode([prompt])[0] == ref(prompt)["input_ids"][1:]
