@@ -11,12 +11,19 @@ target carries the new shardings).
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
 from lmjax.errors import LmjaxError
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = str(error).strip().splitlines()
+  return (text[0] if text else "")[:limit]
 
 
 def param_shapes(params) -> dict[str, list[int]]:
@@ -119,6 +126,54 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, restored.data
+
+  def restore_newest(self, abstract_state, meta: dict):
+    """(step, state, data_state) of the newest checkpoint that reads back whole.
+
+    A newer checkpoint that fails to read (truncated or corrupted files, a
+    missing item) is moved to WORKDIR/damaged/STEP-N (kept, not deleted) with
+    a warning naming the step and the error, once an older one has been read.
+    A checkpoint of another model is an LmjaxError, not damage. When none
+    reads, nothing is moved and the error names each failure.
+    """
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception as e:  # noqa: BLE001  (Orbax / TensorStore / JSON errors alike)
+        failures.append((step, e))
+        continue
+      check_meta(saved, meta, self.directory, step)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001
+        failures.append((step, e))
+        continue
+      for bad, error in failures:
+        moved = self._move_aside(bad)
+        warnings.warn(f"checkpoint step {bad} in {self.directory} could not be read "
+                      f"({type(error).__name__}: {_first_line(error)}); moved it to {moved} and resumed from "
+                      f"step {step}, the newest that reads back.", stacklevel=2)
+      if failures:
+        self.manager.reload()
+      return step, restored.state, restored.data
+    if failures:
+      listed = "; ".join(f"step {s}: {type(e).__name__}: {_first_line(e)}" for s, e in failures)
+      raise LmjaxError(f"No checkpoint in {self.directory} could be read ({listed}). Nothing was moved or "
+                       "deleted: move the damaged step directories away to start over, or use a fresh --workdir.")
+    return None
+
+  def _move_aside(self, step: int) -> Path:
+    target_root = self.directory.parent / "damaged"
+    target_root.mkdir(exist_ok=True)
+    target = target_root / f"step-{step}"
+    n = 1
+    while target.exists():
+      n += 1
+      target = target_root / f"step-{step}.{n}"
+    shutil.move(str(self.directory / str(step)), target)
+    return target
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 _SHOWN = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "perplexity", "f1", "exact_match",
@@ -33,6 +34,27 @@ def _eta(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def read_records(path: Path) -> list[dict]:
+  """The records of a metrics.jsonl; a line that is not one JSON object (a
+  record torn by a killed process) is dropped with a warning naming it."""
+  records = []
+  lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as e:
+      where = "its last line" if n == len(lines) else f"line {n}"
+      warnings.warn(f"{path}: dropped {where}, which is not a whole record ({e}; a process killed while "
+                    f"writing leaves one): {line[:80]!r}", stacklevel=2)
+      continue
+    records.append(record)
+  return records
+
+
 class MetricsWriter:
   """Writes records on the main process only; others keep quiet."""
 
@@ -45,16 +67,17 @@ class MetricsWriter:
     self._bar = None
     if not enabled:
       return
-    if start_step > 0 and self.path.exists():
-      # A resumed run repeats the steps after its checkpoint: drop their
-      # earlier records so the file reads as one uninterrupted run.
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line).get("step", 0) <= start_step]
-      self.path.write_text("".join(line + "\n" for line in kept))
+    if self.path.exists():
+      # A resumed run repeats the steps after its checkpoint (a fresh one, all
+      # of them): drop their earlier records so the file reads as one
+      # uninterrupted run.
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in read_records(self.path)
+                                   if r.get("step", 0) <= start_step))
     self._file = open(self.path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional at import time)
-      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      # purge_step: TensorBoard discards the events of steps >= it written by the earlier attempt.
+      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
     if progress_bar and sys.stderr.isatty():
       from tqdm import tqdm  # noqa: PLC0415
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)

@@ -343,22 +343,101 @@ class _StopRequest:
       signal.signal(sig, handler)
     return False
 
-  def reraise(self):
-    if self.signum == signal.SIGINT:
+  def agreed(self, meeting: bool) -> int:
+    """The signal to stop on at this step, 0 for none. One process: this
+    process's flag, read once. Several: 0 except at a meeting step, where
+    the largest flag of all processes is taken, so all stop together."""
+    signum = self.signum
+    if jax.process_count() == 1:
+      return signum
+    if not meeting:
+      return 0
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    return int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+
+  def reraise(self, signum: int | None = None):
+    signum = signum or self.signum
+    if signum == signal.SIGINT:
       raise KeyboardInterrupt
-    raise SystemExit(128 + self.signum)
+    raise SystemExit(128 + signum)
+
+
+def prepare_workdir(workdir: Path) -> None:
+  """Creates `workdir` and checks that files can be written there, or stops with a clear message."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".lmjax-write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise LmjaxError(f"--workdir {workdir}: cannot create it or write in it ({e.strerror or e}). Choose a "
+                     "directory you can write to.") from None
+
+
+class WorkdirLock:
+  """One train.py per workdir: an exclusive lock (fcntl.flock) on WORKDIR/lmjax.lock,
+  which records the holder's process id and host. The kernel releases the lock
+  when its process dies, so a lock left by a killed run is taken over (with a
+  warning naming it); a live holder makes a second run stop at once."""
+
+  def __init__(self, workdir: Path):
+    import fcntl  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    self.path = workdir / "lmjax.lock"
+    self._file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115  (held for the whole run)
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or "unknown process"
+      self._file.close()
+      raise LmjaxError(f"{workdir} is in use by another train.py ({holder}). Two runs in one workdir would "
+                       "overwrite each other's checkpoints: wait for it to end or stop it, or use another "
+                       "--workdir.") from None
+    self._file.seek(0)
+    previous = self._file.read().strip()
+    if previous:
+      warnings.warn(f"{self.path}: took over the lock of a run that ended without releasing it ({previous}).",
+                    stacklevel=2)
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    self._file.flush()
+
+  def release(self) -> None:
+    import fcntl  # noqa: PLC0415
+    if self._file.closed:
+      return
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.flush()
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
 
 
 def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   """Runs (or resumes) training in `workdir`; returns the last eval metrics."""
-  from lmjax.checkpoint import BestCheckpoint  # noqa: PLC0415
-  from lmjax.data.stream import BatchIterator  # noqa: PLC0415
-
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  prepare_workdir(workdir)
   compile_cache(cfg.train.compile_cache, cfg.data.cache_dir)
   if cfg.mesh.distributed:
     initialize_distributed(cfg.mesh)
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  try:
+    return _train(cfg, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(cfg: config_lib.Config, workdir: Path) -> dict:
+  from lmjax.checkpoint import BestCheckpoint  # noqa: PLC0415
+  from lmjax.data.stream import BatchIterator  # noqa: PLC0415
+
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   task = tasks.get(cfg.train.objective)
   ckpt = Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
@@ -380,7 +459,11 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   tc = cfg.train
   position = 0
   if start is not None:
-    state, saved_data = ckpt.restore(start, setup.abstract_state, setup.meta)
+    try:
+      start, state, saved_data = ckpt.restore_newest(setup.abstract_state, setup.meta)
+    except BaseException:
+      ckpt.close()
+      raise
     if saved_data.get("global_batch") != tc.batch_size:
       ckpt.close()
       raise LmjaxError(f"The checkpoint in {workdir} was written with train.batch_size="
@@ -448,13 +531,17 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
           if best is not None and best.update(step, state["params"], last_eval, setup.meta):
             log(f"step {step}: best {best.metric} so far ({last_eval[best.metric]:.4f}), saved in "
                 f"{best.directory}")
-        if step % cfg.checkpoint.every == 0 or step == tc.steps or stop.signum:
+        # Read once per step: a signal arriving between two reads could log a save that never happened.
+        # Under several processes every one must stop at the same step (the save is collective): the
+        # flags are combined where the processes meet anyway, at the logging steps.
+        signum = stop.agreed(step % cfg.logging.every == 0 or step == tc.steps)
+        if step % cfg.checkpoint.every == 0 or step == tc.steps or signum:
           ckpt.save(step, state, data_state(step), setup.meta, force=True)
         excluded += time.perf_counter() - paused  # evaluation and saving are not training throughput
-        if stop.signum:
+        if signum:
           ckpt.wait()
-          log(f"stopped by signal {stop.signum}: saved step {step}; the same command resumes from it")
-          stop.reraise()
+          log(f"stopped by signal {signum}: saved step {step}; the same command resumes from it")
+          stop.reraise(signum)
       if best is not None and data.test is not None:
         kept = best.info()
         params = best.restore_params(setup.abstract_state["params"]) if kept else state["params"]

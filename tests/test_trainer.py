@@ -116,10 +116,14 @@ def test_cli_runs_and_resumes_on_the_real_corpus(tmp_path):
   assert third.returncode == 0 and "nothing to do" in third.stderr
 
 
-def test_ctrl_c_saves_and_the_same_command_resumes(tiny_cfg, tmp_path):
-  """SIGINT mid-run: a checkpoint at the last finished step; resuming loses and repeats nothing."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_and_the_same_command_resumes(tiny_cfg, tmp_path, signame):
+  """SIGINT (Ctrl-C) or SIGTERM (preemption) mid-run: a checkpoint at the last
+  finished step; resuming loses and repeats nothing (checked after SIGINT)."""
   import signal
   import time
+
+  signum = getattr(signal, signame)
 
   from test_distributed import _recipe
 
@@ -136,12 +140,15 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tiny_cfg, tmp_path):
     if (work / "metrics.jsonl").exists() and len(records(work)) >= 4:
       break
     time.sleep(0.2)
-  proc.send_signal(signal.SIGINT)
+  proc.send_signal(signum)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 130, err[-3000:]
-  assert "stopped by signal 2: saved step" in err, err[-3000:]
+  assert proc.returncode == (130 if signum == signal.SIGINT else 128 + signum), err[-3000:]
+  assert f"stopped by signal {int(signum)}: saved step" in err, err[-3000:]
   saved = checkpoint.Checkpointer(work, every=1, keep=1, async_save=False).latest_step()
   assert saved >= 4
+  assert [r["step"] for r in records(work)] == list(range(1, saved + 1))  # each step once, none past the save
+  if signum != signal.SIGINT:
+    return
 
   trainer.train(replace(cfg, train=dict(steps=saved + 2)), work)
   trainer.train(replace(cfg, train=dict(steps=saved + 2)), tmp_path / "straight")
@@ -217,3 +224,81 @@ def test_weight_decay_reaches_matrices_and_embeddings_only(family):
     assert "layers/0/attention/q_bias" in kept or "bert/layers/0/attention/q_bias" in kept, sorted(kept)
   if family == "t5":
     assert "encoder/relative_bias/table" in kept
+
+
+# --- damaged files ------------------------------------------------------------------
+
+def _corrupt_arrays(step_dir: Path) -> None:
+  """Flips 64 bytes in the middle of every array data file of a checkpoint."""
+  victims = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert victims, sorted(map(str, (step_dir / "state").rglob("*")))
+  for victim in victims:
+    data = bytearray(victim.read_bytes())
+    for i in range(len(data) // 2, min(len(data), len(data) // 2 + 64)):
+      data[i] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+
+@pytest.mark.xdist_group("tiny_pretraining_run")  # one worker builds the shared run once
+def test_damaged_newest_checkpoint_and_torn_metrics_line_fall_back_and_resume(tiny_cfg, tiny_pretraining_run,
+                                                                             tmp_path):
+  """The newest checkpoint's arrays corrupted and a half-written last record in
+  metrics.jsonl (a process killed mid-write): the same command warns, moves
+  step 6 aside (kept), resumes from step 3 and logs each step once."""
+  run = tmp_path / "run"
+  shutil.copytree(tiny_pretraining_run, run)
+  _corrupt_arrays(run / "checkpoints" / "6")
+  with open(run / "metrics.jsonl", "a") as f:
+    f.write('{"step": 7, "split": "train", "loss": 3.1')  # torn: no closing brace, no newline
+  with pytest.warns(UserWarning) as caught:
+    trainer.train(replace(tiny_cfg, train=dict(steps=7)), run)
+  messages = [str(w.message) for w in caught]
+  assert any("checkpoint step 6" in m and "moved it to" in m and "resumed from step 3" in m for m in messages), messages
+  assert any("dropped its last line" in m for m in messages), messages
+  assert (run / "damaged" / "step-6" / "state").is_dir()  # kept for inspection, not deleted
+  steps = [r["step"] for r in records(run)]
+  assert steps == [1, 2, 3, 4, 5, 6, 7], steps
+  assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == "7"
+
+
+def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(tiny_cfg, tmp_path):
+  cfg = replace(tiny_cfg, train=dict(steps=3, eval_every=0), checkpoint=dict(every=3, async_save=False),
+                logging=dict(tensorboard=False))
+  trainer.train(cfg, tmp_path)
+  _corrupt_arrays(tmp_path / "checkpoints" / "3")
+  with pytest.raises(LmjaxError, match=r"No checkpoint in .* could be read \(step 3: .*Nothing was moved"):
+    trainer.train(replace(cfg, train=dict(steps=4)), tmp_path)
+  assert (tmp_path / "checkpoints" / "3").is_dir()
+
+
+# --- the workdir ------------------------------------------------------------------------
+
+def test_unwritable_workdir_is_one_clear_error(tiny_cfg):
+  with pytest.raises(LmjaxError, match=r"--workdir /proc/lmjax-run: cannot create it or write in it"):
+    trainer.train(tiny_cfg, "/proc/lmjax-run")
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from lmjax import trainer
+lock = trainer.WorkdirLock(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(tiny_cfg, tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path), "60"], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(LmjaxError, match=rf"in use by another train.py \(.*\"pid\": {holder.pid}"):
+      trainer.train(tiny_cfg, tmp_path)
+  finally:
+    holder.kill()  # SIGKILL: no chance to release
+    holder.wait()
+  with pytest.warns(UserWarning, match=rf"took over the lock of a run that ended without releasing it .*{holder.pid}"):
+    lock = trainer.WorkdirLock(tmp_path)
+  lock.release()
+  assert (tmp_path / "lmjax.lock").read_text() == ""  # a clean end leaves nothing to take over
