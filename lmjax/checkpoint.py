@@ -144,6 +144,12 @@ class Checkpointer:
         failures.append((step, e))
         continue
       check_meta(saved, meta, self.directory, step)
+      if saved.get("optimizer") != meta.get("optimizer"):
+        raise LmjaxError(
+            f"{self.directory} (step {step}) holds an optimizer state of another layout "
+            f"({saved.get('optimizer') or 'an older lmjax'}; this lmjax writes {meta.get('optimizer')}), so "
+            "training cannot continue from it. Its parameters still load (lmjax.predict, lmjax.generate, "
+            "train.init_from of a fine-tuning run); train on in a fresh --workdir, or with the lmjax that wrote it.")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))

@@ -180,6 +180,11 @@ class TrainConfig:
   # compiled steps instead of compiling again. "" = <data cache>/xla
   # ($LMJAX_DATA_DIR or ~/.cache/lmjax), "off" = no cache, else a directory.
   compile_cache: str = ""
+  # A step whose loss or gradients are not finite (NaN / Inf) never updates the
+  # parameters or the optimizer state (optax.apply_if_finite, decided inside
+  # the step). "skip": training goes on and `nonfinite_skips` counts them in
+  # the metrics; "stop": the run stops at the next logging step, naming it.
+  nonfinite: str = "skip"
 
 
 @dataclasses.dataclass(frozen=True)

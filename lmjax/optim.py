@@ -42,10 +42,23 @@ def _key(k):
   return getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
 
 
+# Recorded in each checkpoint's meta: optimizer states of another layout do not restore.
+STATE_LAYOUT = "apply_if_finite(chain(clip?, adamw))"
+
+
 def make(tc) -> optax.GradientTransformation:
+  """Clipping + AdamW, applied only when the whole update is finite (else the
+  step changes neither parameters nor moments; `nonfinite_skips` counts it)."""
+  if tc.nonfinite not in ("skip", "stop"):
+    raise LmjaxError(f"train.nonfinite={tc.nonfinite!r}: use 'skip' or 'stop'.")
   parts = []
   if tc.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(tc.max_grad_norm))
   parts.append(optax.adamw(schedule(tc), b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
                            mask=decay_mask))
-  return optax.chain(*parts)
+  return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)
+
+
+def nonfinite_skips(opt_state) -> jax.Array:
+  """Steps so far whose update was not finite (and so not applied)."""
+  return opt_state.total_notfinite

@@ -114,7 +114,7 @@ def build(cfg: config_lib.Config, mesh) -> Setup:
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 abstract_state, state_sharding)
   meta = {"family": models.family_of(cfg.model), "task": task.model, "model": dataclasses.asdict(cfg.model),
-          "shapes": param_shapes(abstract_params)}
+          "shapes": param_shapes(abstract_params), "optimizer": optim.STATE_LAYOUT}
   # From the task's one declaration of its batch: leading axis over the
   # batch axes, the rest as the field's logical axes say.
   batch_sharding = {name: NamedSharding(mesh, sh.spec(("batch", *f.axes), rules))
@@ -243,6 +243,7 @@ def train_step(state: dict, batch: dict, *, s: Setup) -> tuple[dict, dict]:
       "param_norm": optax.tree.norm(new_params),
       "update_norm": optax.tree.norm(updates),
       "learning_rate": optim.schedule(tc)(state["step"]),
+      "nonfinite_skips": optim.nonfinite_skips(opt_state),
       "stats": stats,
   }
   return {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}, metrics
@@ -497,6 +498,7 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   step = start
   interval_start, interval_steps, excluded = None, 0, 0.0
   first_step_s = None  # compilation (or a load from the compilation cache) + the first step
+  skips, logged_at = int(jax.device_get(optim.nonfinite_skips(state["opt_state"]))), start
   stop = _StopRequest()
   try:
     with jax.set_mesh(mesh), stop:
@@ -524,6 +526,17 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
             record["steps_per_sec"] = interval_steps / elapsed
             interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
           writer.write(step, record)
+          if record["nonfinite_skips"] > skips:
+            where = f"step {step}" if step - logged_at == 1 else f"a step in {logged_at + 1}..{step}"
+            if tc.nonfinite == "stop":
+              raise LmjaxError(
+                  f"The loss or the gradients were not finite (NaN/Inf) at {where}; that update was not applied "
+                  f"and the last checkpoint holds finite values. Lower train.learning_rate, raise "
+                  f"train.warmup_steps, keep train.max_grad_norm on, or use float32; --set train.nonfinite=skip "
+                  f"skips such steps instead.")
+            log(f"non-finite loss or gradients at {where}: update skipped "
+                f"({int(record['nonfinite_skips'])} so far, train.nonfinite=skip)")
+          skips, logged_at = record["nonfinite_skips"], step
         paused = time.perf_counter()
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
           last_eval = data.evaluate(ctx, state["params"])

@@ -302,3 +302,39 @@ def test_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(tiny_cfg
     lock = trainer.WorkdirLock(tmp_path)
   lock.release()
   assert (tmp_path / "lmjax.lock").read_text() == ""  # a clean end leaves nothing to take over
+
+
+# --- non-finite steps ---------------------------------------------------------------
+
+def _poison_batch(monkeypatch, at_call: int) -> None:
+  """The at_call-th training batch gets NaN masked-LM weights: that step's loss and gradients are NaN."""
+  real, calls = trainer.to_global, {"n": 0}
+
+  def poisoned(batch, setup):
+    if "masked_weights" in batch and batch["masked_weights"].shape[0] == setup.cfg.train.batch_size:
+      calls["n"] += 1
+      if calls["n"] == at_call:
+        batch = {**batch, "masked_weights": np.full_like(batch["masked_weights"], np.nan)}
+    return real(batch, setup)
+  monkeypatch.setattr(trainer, "to_global", poisoned)
+
+
+def test_nonfinite_step_is_skipped_and_counted(tiny_cfg, tmp_path, monkeypatch):
+  _poison_batch(monkeypatch, at_call=3)
+  cfg = replace(tiny_cfg, train=dict(steps=5, eval_every=0), checkpoint=dict(every=5, async_save=False),
+                logging=dict(tensorboard=False))
+  trainer.train(cfg, tmp_path)
+  rec = records(tmp_path)
+  assert [r["nonfinite_skips"] for r in rec] == [0, 0, 1, 1, 1]
+  assert not np.isfinite(rec[2]["loss"]) and all(np.isfinite(r["loss"]) for r in rec[3:])
+  # the checkpoint of step 5 holds finite values: the run continues from it with finite losses
+  trainer.train(replace(cfg, train=dict(steps=6)), tmp_path)
+  assert np.isfinite(records(tmp_path)[-1]["loss"])
+
+
+def test_nonfinite_stop_names_the_step_and_saves_nothing_bad(tiny_cfg, tmp_path, monkeypatch):
+  _poison_batch(monkeypatch, at_call=2)
+  cfg = replace(tiny_cfg, train=dict(steps=5, eval_every=0, nonfinite="stop"), checkpoint=dict(every=1),
+                logging=dict(tensorboard=False))
+  with pytest.raises(LmjaxError, match=r"not finite \(NaN/Inf\) at step 2; that update was not applied"):
+    trainer.train(cfg, tmp_path)
