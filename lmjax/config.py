@@ -203,6 +203,10 @@ class MeshConfig:
   coordinator_address: str = ""
   num_processes: int = 0  # 0 = auto-detect
   process_id: int = -1  # -1 = auto-detect
+  # Memory one device may use, in GiB, for the pre-flight check before the
+  # first step (0 = what the device reports; on CPUs the host's available
+  # memory shared by its devices).
+  device_memory_gb: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

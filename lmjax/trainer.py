@@ -283,6 +283,90 @@ def compile_steps(setup: Setup):
   return train, evaluate
 
 
+def _per_device_bytes(abstract_tree) -> int:
+  """Bytes of one device's shards of a tree of sharded ShapeDtypeStructs (the largest shard of each leaf)."""
+  total = 0
+  for leaf in jax.tree.leaves(abstract_tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
+    total += int(np.prod(shape, dtype=np.int64)) * jnp.dtype(leaf.dtype).itemsize
+  return total
+
+
+def _device_memory_limit(cfg) -> tuple[int | None, str]:
+  if cfg.mesh.device_memory_gb > 0:
+    return int(cfg.mesh.device_memory_gb * 2**30), "mesh.device_memory_gb"
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]), f"{device.device_kind} memory_stats"
+  if device.platform == "cpu":
+    try:
+      with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+      return None, "unknown"
+    return available // jax.local_device_count(), f"host memory available / {jax.local_device_count()} CPU devices"
+  return None, "unknown"
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def preflight(setup: Setup, train_fn):
+  """Compiles the train step ahead of the first batch, prints the start-up
+  summary (mesh, parameters, per-device bytes of parameters, optimizer state
+  and the step's temporaries, the sharding of the largest parameters) and
+  stops with advice when the estimate exceeds a device's memory. Returns the
+  compiled step."""
+  cfg, tc = setup.cfg, setup.cfg.train
+  fields = setup.task.batch(cfg)
+  abstract_batch = {name: jax.ShapeDtypeStruct((tc.batch_size, *f.shape), f.dtype,
+                                               sharding=setup.batch_sharding[name]) for name, f in fields.items()}
+  began = time.perf_counter()
+  compiled = train_fn.lower(setup.abstract_state, abstract_batch).compile()
+  compile_s = time.perf_counter() - began
+  params = setup.abstract_state["params"]
+  n_params = sum(int(np.prod(p.shape, dtype=np.int64)) for p in jax.tree.leaves(params))
+  param_bytes = _per_device_bytes(params)
+  opt_bytes = _per_device_bytes(setup.abstract_state["opt_state"])
+  try:
+    m = compiled.memory_analysis()
+    temp = int(m.temp_size_in_bytes)
+    step_bytes = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                     - m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001  (not every backend implements it)
+    temp, step_bytes = None, param_bytes + opt_bytes
+  limit, source = _device_memory_limit(cfg)
+  mesh = ", ".join(f"{k}={v}" for k, v in setup.mesh.shape.items())
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  largest = sorted(flat, key=lambda kv: -int(np.prod(kv[1].shape, dtype=np.int64)))[:3]
+  shardings = "; ".join(f"{jax.tree_util.keystr(path)} {list(leaf.shape)} -> {leaf.sharding.spec}"
+                        for path, leaf in largest)
+  count = f"{n_params / 1e6:,.1f}M" if n_params >= 1e5 else f"{n_params:,}"
+  log(f"mesh {mesh} ({setup.mesh.devices.size} devices, {jax.devices()[0].device_kind}); {count} parameters")
+  log(f"per device: parameters {_gib(param_bytes)}, optimizer state {_gib(opt_bytes)}, step temporaries "
+      f"{'?' if temp is None else _gib(temp)}; the compiled step needs {_gib(step_bytes)}"
+      f"{'' if limit is None else f' of {_gib(limit)} ({source})'}; compiled in {compile_s:.1f}s")
+  log(f"largest parameters: {shardings}")
+  if limit is not None and step_bytes > limit:
+    advice = []
+    if setup.mesh.shape.get("fsdp", 1) < setup.mesh.devices.size:
+      advice.append(f"shard parameters and optimizer state over more devices (mesh.fsdp, now "
+                    f"{setup.mesh.shape.get('fsdp', 1)}, with mesh.rules=fsdp or fsdp_tp)")
+    if getattr(cfg.model, "remat", "none") != "full":
+      advice.append(f"recompute activations (model.remat=full or dots_no_batch; now {cfg.model.remat})")
+    advice.append(f"split each step into micro-batches (train.grad_accum_steps, now {tc.grad_accum_steps})")
+    advice.append(f"a smaller train.batch_size (now {tc.batch_size}) or data.max_seq_len (now {cfg.data.max_seq_len})")
+    if cfg.model.dtype == "float32":
+      advice.append("bfloat16 compute (model.dtype=bfloat16)")
+    raise LmjaxError(f"The train step needs {_gib(step_bytes)} per device (parameters {_gib(param_bytes)}, "
+                     f"optimizer state {_gib(opt_bytes)}, temporaries {'?' if temp is None else _gib(temp)}) but a "
+                     f"device has {_gib(limit)} ({source}). Stopped before the first step; try: "
+                     + "; ".join(advice) + ".")
+  return compiled
+
+
 def to_global(batch: dict, setup: Setup) -> dict:
   """This process's rows -> global arrays placed as the task's batch declares."""
   return {k: jax.make_array_from_process_local_data(setup.batch_sharding[k], v) for k, v in batch.items()}
@@ -459,6 +543,13 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   setup = build(cfg, mesh)
   tc = cfg.train
   position = 0
+  train_fn, eval_fn = compile_steps(setup)
+  if start is None or start < tc.steps:  # before any state exists: a step that cannot fit stops here
+    try:
+      train_fn = preflight(setup, train_fn)
+    except BaseException:
+      ckpt.close()
+      raise
   if start is not None:
     try:
       start, state, saved_data = ckpt.restore_newest(setup.abstract_state, setup.meta)
@@ -482,7 +573,6 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
     return last_eval
 
   best = BestCheckpoint(workdir, data.best_metric) if data.best_metric else None
-  train_fn, eval_fn = compile_steps(setup)
   ctx = tasks.base.EvalContext(eval_fn, partial(to_global, setup=setup), tc.batch_size, jax.process_index(),
                                jax.process_count())
   it = BatchIterator(data.train, tc.batch_size, process_index=jax.process_index(),

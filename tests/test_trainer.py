@@ -338,3 +338,18 @@ def test_nonfinite_stop_names_the_step_and_saves_nothing_bad(tiny_cfg, tmp_path,
                 logging=dict(tensorboard=False))
   with pytest.raises(LmjaxError, match=r"not finite \(NaN/Inf\) at step 2; that update was not applied"):
     trainer.train(cfg, tmp_path)
+
+
+# --- memory pre-flight --------------------------------------------------------------
+
+def test_startup_summary_and_a_step_too_big_for_the_device_stops_before_it_runs(tiny_cfg, tmp_path, capsys):
+  cfg = replace(tiny_cfg, train=dict(steps=1, eval_every=0), logging=dict(tensorboard=False),
+                mesh=dict(device_memory_gb=1e-4))
+  with pytest.raises(LmjaxError, match=r"needs .* per device \(parameters .*\) but a device has 0.1 MiB "
+                                       r"\(mesh.device_memory_gb\)\. Stopped before the first step; try: .*"
+                                       r"model.remat=full.*train.grad_accum_steps"):
+    trainer.train(cfg, tmp_path)
+  err = capsys.readouterr().err
+  assert "lmjax: mesh data=8, fsdp=1, tensor=1 (8 devices" in err
+  assert "per device: parameters" in err and "largest parameters: ['bert']['embeddings']['word']['embedding']" in err
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
