@@ -390,6 +390,38 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array | None, *, c
   return jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh).reshape(b, t, n, h)
 
 
+def chunked_cross_entropy(x_btd: Array, w_dv: Array, labels_bt: Array, weights_bt: Array, chunk: int
+                          ) -> tuple[Array, Array, Array]:
+  """Sums of weighted cross-entropy, of weighted correct argmax predictions and
+  of the weights, for logits = x @ w, without [B, T, V] logits ever existing:
+  the sequence is cut into chunks of `chunk` positions (the last one padded
+  with weight 0), each chunk's float32 logits are made, reduced and dropped
+  (`lax.map`), and the backward pass makes them again chunk by chunk
+  (`jax.checkpoint`). Equal to the plain computation up to float32 summation order."""
+  b, t, d = x_btd.shape
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  if pad:
+    x_btd = jnp.pad(x_btd, ((0, 0), (0, pad), (0, 0)))
+    labels_bt = jnp.pad(labels_bt, ((0, 0), (0, pad)))
+    weights_bt = jnp.pad(weights_bt, ((0, 0), (0, pad)))
+  # [n, B, chunk, ...]: chunks lead, for lax.map
+  xs = (x_btd.reshape(b, n, chunk, d).swapaxes(0, 1), labels_bt.reshape(b, n, chunk).swapaxes(0, 1),
+        weights_bt.astype(jnp.float32).reshape(b, n, chunk).swapaxes(0, 1))
+
+  @jax.checkpoint
+  def one(args):
+    x_bcd, labels_bc, weights_bc = args
+    logits_bcv = jnp.einsum("BCD,DV->BCV", x_bcd, w_dv.astype(x_bcd.dtype), preferred_element_type=jnp.float32)
+    label_logit = jnp.take_along_axis(logits_bcv, labels_bc[..., None], axis=-1)[..., 0]
+    ce = jax.nn.logsumexp(logits_bcv, axis=-1) - label_logit
+    correct = (jnp.argmax(logits_bcv, -1) == labels_bc).astype(jnp.float32)
+    return (ce * weights_bc).sum(), (correct * weights_bc).sum()
+
+  ce, correct = jax.lax.map(one, xs)
+  return ce.sum(), correct.sum(), xs[2].sum()
+
+
 ACTIVATIONS = {
     "gelu": gelu,  # exact (erf): BERT
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2, T5.1.1's gated-GELU

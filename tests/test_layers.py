@@ -228,3 +228,36 @@ def test_bfloat16_compute_stays_close_to_float32(family):
     model, loss = _family_loss(family, "none", dtype=dtype)
     losses[dtype] = float(jax.jit(loss)(model, None))
   assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * abs(losses["float32"]), losses
+
+
+# --- chunked vocabulary projection + cross-entropy ------------------------------------
+
+@pytest.mark.parametrize("preset", ["tiny", "llama-tiny"])  # tied output (GPT-2), untied lm_head (Llama)
+def test_chunked_cross_entropy_equals_the_plain_loss_and_gradient(preset):
+  """model.loss_chunk: the causal-LM loss from chunks of 5 positions (12 = 5 + 5 + 2,
+  the last chunk padded) equals the loss from whole [B, T, V] logits, value,
+  accuracy and gradients of every parameter."""
+  import dataclasses  # noqa: PLC0415
+
+  from lmjax import tasks  # noqa: PLC0415
+  from lmjax.models.gpt import GptConfig, GptForCausalLM  # noqa: PLC0415
+  task = tasks.get("causal_lm")
+  cfg = GptConfig.preset(preset, vocab_size=97, num_layers=1, dropout_rate=0.0, attention_dropout_rate=0.0)
+  rng = np.random.default_rng(0)
+  batch = {"input_ids": jnp.asarray(rng.integers(0, 97, (3, 12)), jnp.int32),
+           "target_ids": jnp.asarray(rng.integers(0, 97, (3, 12)), jnp.int32),
+           "positions": jnp.broadcast_to(jnp.arange(12), (3, 12)).astype(jnp.int32),
+           "segment_ids": jnp.ones((3, 12), jnp.int32),
+           "target_weights": jnp.asarray(rng.random((3, 12)) > 0.2, jnp.float32)}
+  results = {}
+  for chunk in (0, 5):
+    model = GptForCausalLM(dataclasses.replace(cfg, loss_chunk=chunk), rngs=nnx.Rngs(0))
+
+    def loss(m):
+      value, stats = task.loss(m, batch, None, task.denominators(batch))
+      return value, stats
+    (value, stats), grads = jax.jit(nnx.value_and_grad(loss, has_aux=True))(model)
+    results[chunk] = (value, stats["accuracy"], nnx.to_pure_dict(nnx.state(grads)))
+  np.testing.assert_allclose(results[5][0], results[0][0], rtol=1e-6)
+  np.testing.assert_allclose(results[5][1], results[0][1], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), results[5][2], results[0][2])

@@ -81,6 +81,9 @@ class GptConfig:
   # dots_no_batch). Neither changes the parameters.
   attention: str = "auto"
   remat: str = "none"
+  # Causal-LM loss in chunks of this many positions (layers.chunked_cross_entropy):
+  # [B, T, V] float32 logits never exist at once. 0 = all positions at once.
+  loss_chunk: int = 0
 
   def __post_init__(self):
     choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
@@ -96,6 +99,8 @@ class GptConfig:
       raise LmjaxError(f"Rotary positions need an even head width; hidden_size / num_heads = {self.head_dim}.")
     L.check_attention(self.attention, self.attention_dropout_rate)
     L.check_remat(self.remat)
+    if self.loss_chunk < 0:
+      raise LmjaxError(f"model.loss_chunk={self.loss_chunk} must be 0 (no chunks) or a number of positions.")
 
   @classmethod
   def preset(cls, name: str, **overrides) -> GptConfig:
@@ -182,7 +187,12 @@ class GptForCausalLM(nnx.Module):
     self.lm_head = (None if cfg.tie_embeddings else
                     L.param(rngs, L.normal(cfg.init_std), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab")))
 
-  def _forward(self, ids_bt, positions_bt, bias_b1ts, caches, rng):
+  def output_matrix(self) -> Array:
+    """The vocabulary projection [D, V] in the compute dtype (the token embeddings when tied)."""
+    dt = jnp.dtype(self.cfg.dtype)
+    return (self.embed.embedding[...].T if self.lm_head is None else self.lm_head[...]).astype(dt)
+
+  def _forward(self, ids_bt, positions_bt, bias_b1ts, caches, rng, *, project: bool = True):
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     rngs = L.split_rng(rng, cfg.num_layers + 1)
@@ -198,6 +208,8 @@ class GptForCausalLM(nnx.Module):
         x_btd, c = layer(x_btd, positions_bt, bias_b1ts, caches[i], rngs[i + 1])
       new_caches.append(c)
     x_btd = self.final_norm(x_btd)
+    if not project:
+      return x_btd, None
     if self.lm_head is None:
       logits_btv = self.embed.attend(x_btd)
     else:
@@ -211,14 +223,20 @@ class GptForCausalLM(nnx.Module):
     positions: int [B, T] (default 0..T-1); segment_ids: int [B, T], 1, 2, ...
     per packed document and 0 for padding (default: one document per row).
     """
+    return self.hidden(ids_bt, positions_bt, segment_ids_bt, rng=rng, project=True)
+
+  def hidden(self, ids_bt: Array, positions_bt: Array | None = None, segment_ids_bt: Array | None = None, *,
+             rng: Array | None = None, project: bool = False) -> Array:
+    """The final norm's output [B, T, D] (project=False; the vocabulary
+    projection is `output_matrix`), or the logits as __call__ (project=True)."""
     b, t = ids_bt.shape
     if positions_bt is None:
       positions_bt = jnp.broadcast_to(jnp.arange(t), (b, t))
     # The causal mask is added inside attention; packed rows add their segment mask here.
     bias_b1ts = (None if segment_ids_bt is None else
                  L.mask_to_bias((segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])[:, None]))
-    logits_btv, _ = self._forward(ids_bt, positions_bt, bias_b1ts, None, rng)
-    return logits_btv
+    out, _ = self._forward(ids_bt, positions_bt, bias_b1ts, None, rng, project=project)
+    return out
 
   def decode(self, ids_bt: Array, positions_bt: Array, cache: list[dict]) -> tuple[Array, list[dict]]:
     """Incremental forward: tokens at `positions` (consecutive per row) are
@@ -245,7 +263,7 @@ FAMILY = Family(
     converter="lmjax.convert.gpt", hf_model_types=("gpt2", "llama"),
     arch_fields=tuple(f.name for f in dataclasses.fields(GptConfig)
                       if f.name not in ("dropout_rate", "attention_dropout_rate", "init_std", "dtype", "attention",
-                                        "remat")),
+                                        "remat", "loss_chunk")),
     generation=Generation(
         model="pretraining", init_cache=init_cache,
         prefill=lambda model, ids_bt, positions_bt, cache: model.decode(ids_bt, positions_bt, cache),

@@ -58,8 +58,15 @@ class CausalLm(base.Task):
     return {"lm": jnp.maximum(batch["target_weights"].astype(jnp.float32).sum(), 1.0)}
 
   def loss(self, model, batch: dict, rng, denominators: dict):
-    logits_btv = model(batch["input_ids"], batch["positions"], batch["segment_ids"], rng=rng)
-    ce, correct, count = base.weighted_ce(logits_btv, batch["target_ids"], batch["target_weights"].astype(jnp.float32))
+    weights = batch["target_weights"].astype(jnp.float32)
+    if model.cfg.loss_chunk:  # the vocabulary projection + cross-entropy chunk by chunk
+      from lmjax import layers  # noqa: PLC0415
+      x_btd = model.hidden(batch["input_ids"], batch["positions"], batch["segment_ids"], rng=rng)
+      ce, correct, count = layers.chunked_cross_entropy(x_btd, model.output_matrix(), batch["target_ids"], weights,
+                                                        model.cfg.loss_chunk)
+    else:
+      logits_btv = model(batch["input_ids"], batch["positions"], batch["segment_ids"], rng=rng)
+      ce, correct, count = base.weighted_ce(logits_btv, batch["target_ids"], weights)
     return ce / denominators["lm"], {"lm_loss": (ce, count), "accuracy": (correct, count)}
 
   def derived(self, metrics: dict) -> dict:
