@@ -317,8 +317,8 @@ def preflight(setup: Setup, train_fn):
   """Compiles the train step ahead of the first batch, prints the start-up
   summary (mesh, parameters, per-device bytes of parameters, optimizer state
   and the step's temporaries, the sharding of the largest parameters) and
-  stops with advice when the estimate exceeds a device's memory. Returns the
-  compiled step."""
+  stops with advice when the estimate exceeds a device's memory. Returns (the
+  compiled step, seconds it took to compile or to load from the cache)."""
   cfg, tc = setup.cfg, setup.cfg.train
   fields = setup.task.batch(cfg)
   abstract_batch = {name: jax.ShapeDtypeStruct((tc.batch_size, *f.shape), f.dtype,
@@ -364,7 +364,7 @@ def preflight(setup: Setup, train_fn):
                      f"optimizer state {_gib(opt_bytes)}, temporaries {'?' if temp is None else _gib(temp)}) but a "
                      f"device has {_gib(limit)} ({source}). Stopped before the first step; try: "
                      + "; ".join(advice) + ".")
-  return compiled
+  return compiled, compile_s
 
 
 def to_global(batch: dict, setup: Setup) -> dict:
@@ -544,9 +544,10 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   tc = cfg.train
   position = 0
   train_fn, eval_fn = compile_steps(setup)
+  compile_s = None
   if start is None or start < tc.steps:  # before any state exists: a step that cannot fit stops here
     try:
-      train_fn = preflight(setup, train_fn)
+      train_fn, compile_s = preflight(setup, train_fn)
     except BaseException:
       ckpt.close()
       raise
@@ -587,7 +588,7 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
     return {"position": position + (at_step - start) * tc.batch_size, "global_batch": tc.batch_size}
   step = start
   interval_start, interval_steps, excluded = None, 0, 0.0
-  first_step_s = None  # compilation (or a load from the compilation cache) + the first step
+  first_step_s = None  # the first step (its program was compiled ahead, in preflight)
   skips, logged_at = int(jax.device_get(optim.nonfinite_skips(state["opt_state"]))), start
   stop = _StopRequest()
   try:
@@ -602,14 +603,14 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
           jax.block_until_ready(metrics["loss"])
           interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
           first_step_s = interval_start - began
-          log(f"step {step}: first step took {first_step_s:.1f}s (compilation, or its load from the cache, "
-              "included)")
+          log(f"step {step}: first step took {first_step_s:.1f}s")
         else:
           interval_steps += 1
         if step % cfg.logging.every == 0 or step == tc.steps or step == start + 1:
           record = host_metrics(task, metrics)
           if step == start + 1:
             record["first_step_s"] = first_step_s
+            record["compile_s"] = compile_s
           if interval_steps:
             elapsed = time.perf_counter() - interval_start - excluded
             record["tokens_per_sec"] = tokens_per_step * interval_steps / elapsed

@@ -93,7 +93,7 @@ def test_rule_sets_place_parameters_as_documented(tiny_cfg, layout):
   assert q.addressable_shards[0].data.shape == (m.hidden_size // f, m.num_heads // t, m.hidden_size // m.num_heads)
   assert up.addressable_shards[0].data.shape == (m.hidden_size // f, m.mlp_dim // t)
   # Adam's moments live where their parameters live.
-  mu = state["opt_state"][1][0].mu["bert"]["embeddings"]["word"]["embedding"]
+  mu = state["opt_state"].inner_state[1][0].mu["bert"]["embeddings"]["word"]["embedding"]  # apply_if_finite(clip, adamw)
   assert mu.sharding.is_equivalent_to(word.sharding, 2)
 
 

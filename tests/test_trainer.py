@@ -59,6 +59,8 @@ def test_loss_falls(tiny_cfg, tmp_path):
                 logging=dict(every=5, tensorboard=False), checkpoint=dict(every=100, async_save=False))
   trainer.train(cfg, tmp_path)
   losses = [r["mlm_loss"] for r in records(tmp_path)]
+  first = records(tmp_path)[0]
+  assert first["compile_s"] > 0 and first["first_step_s"] > 0  # compiled ahead (preflight), then the step
   # ln(vocabulary) ~ 5.5 at the start; the synthetic text has ~3.4 nats of
   # entropy per word, so 30 steps cannot go far, but they must go down.
   assert np.mean(losses[-2:]) < losses[0] - 0.4, losses
