@@ -355,3 +355,29 @@ def test_startup_summary_and_a_step_too_big_for_the_device_stops_before_it_runs(
   assert "lmjax: mesh data=8, fsdp=1, tensor=1 (8 devices" in err
   assert "per device: parameters" in err and "largest parameters: ['bert']['embeddings']['word']['embedding']" in err
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+# --- killed at any moment -------------------------------------------------------------
+
+def test_sigkill_at_random_moments_loses_and_repeats_nothing(tiny_cfg, tmp_path):
+  """The short form of tools/kill_harness.py: train.py SIGKILLed three times at
+  random moments inside its loop (steps, metric writes, async checkpoint
+  writes), restarted each time, ends bitwise equal to an uninterrupted run,
+  with every step logged once."""
+  sys.path.insert(0, str(REPO / "tools"))
+  try:
+    import kill_harness  # noqa: PLC0415
+  finally:
+    sys.path.pop(0)
+  from test_distributed import _recipe  # noqa: PLC0415
+
+  cfg = replace(tiny_cfg, train=dict(steps=16, eval_every=8), checkpoint=dict(every=2),
+                logging=dict(tensorboard=False))
+  recipe = _recipe(cfg, tmp_path / "recipe.py")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  kill_harness.run_straight(kill_harness.train_cmd(recipe, tmp_path / "straight", []), env, timeout=600)
+  report = kill_harness.run_with_kills(kill_harness.train_cmd(recipe, tmp_path / "killed", []), tmp_path / "killed",
+                                       env, kills=3, seed=0, max_delay=0.3, timeout=900)
+  assert report["kills_survived"] == 3, report
+  compared = kill_harness.compare(tmp_path / "straight", tmp_path / "killed")
+  assert compared["train_steps"] == 16 and compared["bitwise_equal"]
