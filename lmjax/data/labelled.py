@@ -190,7 +190,12 @@ def read_labelled_file(path: str | Path, text_column: str, pair_column: str, lab
     missing = [c for c in columns if c not in header]
     if missing:
       raise LmjaxError(_missing_column(path, 1, missing[0], header, keys))
-    for n, record in enumerate(reader, 2):
+    for record in reader:
+      n = reader.line_num  # the physical line where the record ends (quoted fields may span lines)
+      if None in record or any(v is None for v in record.values()):
+        got = len(record) - (None in record) + len(record.get(None) or []) - sum(v is None for v in record.values())
+        raise LmjaxError(f"{path}:{n} has {got} fields but the header has {len(header)}: a stray delimiter, quote "
+                         "or line break in a field? Quote fields that contain the delimiter, quotes or line breaks.")
       rows.append(_row(record, text_column, pair_column, label_column, f"{path}:{n}"))
   if not rows:
     raise LmjaxError(f"Labelled data file {path} has no rows.")
