@@ -111,9 +111,40 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: dict, meta: dict, *, force: bool = False) -> bool:
+    """Starts saving `step` (asynchronously when configured). A failed write (disk
+    full, no permission) surfaces here or at `wait` as an LmjaxError; the
+    checkpoints finished before it stay as they were (Orbax writes each into a
+    temporary directory and renames it when complete)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
-    return self.manager.save(step, args=args, force=force)
+    with self._reporting_failures(step):
+      saved = self.manager.save(step, args=args, force=force)
+    if saved:
+      self._pending = step
+    return saved
+
+  _pending: int | None = None
+  _failed: bool = False
+
+  def _reporting_failures(self, step: int):
+    import contextlib  # noqa: PLC0415
+
+    @contextlib.contextmanager
+    def guard():
+      try:
+        yield
+      except LmjaxError:
+        raise
+      except Exception as e:  # noqa: BLE001  (TensorStore / OSError / Orbax errors of a failed write)
+        self._failed = True
+        failed = self._pending if self._pending is not None else step
+        done = [s for s in saved_steps(self.directory.parent) if s < failed]
+        resume = f"step {done[-1]}" if done else "the start (no checkpoint was finished)"
+        raise LmjaxError(
+            f"Saving the checkpoint of step {failed} in {self.directory} failed ({type(e).__name__}: "
+            f"{_first_line(e)}). The checkpoints finished before it are intact. Free space or fix the permissions "
+            f"there, then run the same command: it resumes from {resume}.") from None
+    return guard()
 
   def check_compatible(self, step: int, meta: dict) -> None:
     """Raises a clear error when the checkpoint holds a different model."""
@@ -182,10 +213,18 @@ class Checkpointer:
     return target
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._reporting_failures(self._pending or 0):
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
+    if self._failed:  # already reported: close quietly
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001, S110
+        pass
+      return
+    with self._reporting_failures(self._pending or 0):
+      self.manager.wait_until_finished()
     self.manager.close()
 
 

@@ -11,6 +11,10 @@ class LmjaxError(Exception):
   """A problem with the user's input, configuration or files."""
 
 
+# Storage that is full or not writable: no space, file too large, quota, read-only, permission.
+_STORAGE_ERRORS = (28, 27, 122, 30, 13, 1)
+
+
 def cli(main):
   """Wraps a command's main(argv) -> exit code: an LmjaxError becomes one
   `error: ...` paragraph on stderr and exit code 2, Ctrl-C exit code 130.
@@ -27,6 +31,14 @@ def cli(main):
       return main(argv)
     except LmjaxError as e:
       print(f"error: {e}", file=sys.stderr)
+      return 2
+    except OSError as e:
+      if e.errno not in _STORAGE_ERRORS:
+        raise
+      what = f"writing {e.filename}" if e.filename else "writing a file"
+      print(f"error: {what} failed: {e.strerror} (errno {e.errno}). Free space or fix the permissions (or give "
+            "another --workdir / $LMJAX_DATA_DIR), then run the same command: a run resumes from its last "
+            "checkpoint, which a failed write leaves intact.", file=sys.stderr)
       return 2
     except KeyboardInterrupt:
       return 130

@@ -381,3 +381,51 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tiny_cfg, tmp_path)
   assert report["kills_survived"] == 3, report
   compared = kill_harness.compare(tmp_path / "straight", tmp_path / "killed")
   assert compared["train_steps"] == 16 and compared["bitwise_equal"]
+
+
+@pytest.mark.xdist_group("default_cache")  # the Shakespeare corpus and tokenizer in the default data cache
+def test_a_checkpoint_that_cannot_be_written_is_one_clear_error(tmp_path):
+  """A real failing write: the process may not write files over 300 kB
+  (RLIMIT_FSIZE; the checkpoint's array file is larger, the tokenizer not).
+  train.py stops with one error that names the step and how to go on, and
+  the same command without the limit then trains to the end."""
+  import resource  # noqa: PLC0415
+
+  work = tmp_path / "run"
+  cmd = [sys.executable, str(REPO / "train.py"), "--config", "configs/bert_tiny_pretrain.py:smoke", "--workdir",
+         str(work), "--set", "logging.tensorboard=false", "--set", "checkpoint.every=2"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+  def small_files():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+  failed = subprocess.run(cmd, cwd=REPO, env=env, preexec_fn=small_files, capture_output=True, text=True, timeout=600)
+  assert failed.returncode == 2, failed.stderr[-3000:]
+  assert "error: Saving the checkpoint of step 2 in" in failed.stderr
+  assert "File too large" in failed.stderr and "then run the same command" in failed.stderr
+  assert checkpoint.saved_steps(work) == []  # nothing half-written passes for a checkpoint
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [r["step"] for r in records(work)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_full_disk_anywhere_is_one_clear_error(capsys):
+  """Any command: a write that fails for lack of space (or permission) ends as one
+  `error:` paragraph naming the file, exit code 2; other OSErrors keep their traceback."""
+  import errno  # noqa: PLC0415
+
+  from lmjax.errors import cli  # noqa: PLC0415
+
+  @cli
+  def full(argv=None):
+    raise OSError(errno.ENOSPC, "No space left on device", "/data/run/tokenizer.model")
+
+  assert full([]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: writing /data/run/tokenizer.model failed: No space left on device (errno 28).")
+
+  @cli
+  def other(argv=None):
+    raise OSError(errno.ECONNREFUSED, "Connection refused")
+
+  with pytest.raises(OSError):
+    other([])
