@@ -258,11 +258,30 @@ class BestCheckpoint:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def info(self) -> dict | None:
-    """{"step", "metric", "value"} of the kept checkpoint, or None."""
+    """{"step", "metric", "value"} of the kept checkpoint, or None (also when it
+    does not read back: it is then moved aside, as `_set_aside` says)."""
     step = self.manager.latest_step()
     if step is None:
       return None
-    return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    try:
+      return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    except Exception as e:  # noqa: BLE001  (Orbax / TensorStore / JSON errors of a damaged checkpoint)
+      self._set_aside(step, e)
+      return None
+
+  def _set_aside(self, step: int, error: BaseException) -> None:
+    """Moves a best checkpoint that does not read back to WORKDIR/damaged/best-step-N, with a warning."""
+    root = self.directory.parent / "damaged"
+    root.mkdir(exist_ok=True)
+    target, n = root / f"best-step-{step}", 1
+    while target.exists():
+      n += 1
+      target = root / f"best-step-{step}.{n}"
+    shutil.move(str(self.directory / str(step)), target)
+    self.manager.reload()
+    warnings.warn(f"the best checkpoint (step {step}) in {self.directory} could not be read "
+                  f"({type(error).__name__}: {_first_line(error)}); moved it to {target}. The next evaluation "
+                  "starts a new best.", stacklevel=3)
 
   def update(self, step: int, params, metrics: dict, meta: dict) -> bool:
     """Saves `params` if metrics[metric] beats the kept value; True if it did."""
@@ -277,16 +296,27 @@ class BestCheckpoint:
       if (value >= kept["value"]) if self.minimize else (value <= kept["value"]):
         return False
     info = {**meta, "step": step, "metric": self.metric, "value": value}
-    self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                    meta=ocp.args.JsonSave(info)), force=True)
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                      meta=ocp.args.JsonSave(info)), force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001  (a failed write: disk full, permission)
+      raise LmjaxError(f"Saving the best checkpoint (step {step}) in {self.directory} failed ({type(e).__name__}: "
+                       f"{_first_line(e)}). Free space or fix the permissions there, then run the same command: "
+                       "it resumes from the last periodic checkpoint.") from None
     return True
 
   def restore_params(self, abstract_params):
+    """The kept parameters, or None when they do not read back (moved aside with a warning)."""
     step = self.manager.latest_step()
     if step is None:
       raise LmjaxError(f"{self.directory} holds no checkpoint.")
-    restored = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params)))
+    except Exception as e:  # noqa: BLE001
+      self._set_aside(step, e)
+      return None
     return restored.params
 
   def close(self):

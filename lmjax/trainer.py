@@ -648,11 +648,14 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
           stop.reraise(signum)
       if best is not None and data.test is not None:
         kept = best.info()
-        params = best.restore_params(setup.abstract_state["params"]) if kept else state["params"]
+        params = best.restore_params(setup.abstract_state["params"]) if kept else None
+        which = "best" if params is not None else "last"  # no best kept, or it did not read back
+        if params is None:
+          kept, params = None, state["params"]
         report = data.test(ctx, params)
         if report is not None:
           at = kept["step"] if kept else step
-          writer.write(at, {**report, "checkpoint": "best"}, split="test")
+          writer.write(at, {**report, "checkpoint": which}, split="test")
           if main:
             print(task.format_report(report, f"test ({cfg.data.test_split!r} split), best validation "
                                                  f"{best.metric} checkpoint: step {at}"), flush=True)

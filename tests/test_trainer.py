@@ -232,8 +232,8 @@ def test_weight_decay_reaches_matrices_and_embeddings_only(family):
 
 def _corrupt_arrays(step_dir: Path) -> None:
   """Flips 64 bytes in the middle of every array data file of a checkpoint."""
-  victims = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-  assert victims, sorted(map(str, (step_dir / "state").rglob("*")))
+  victims = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert victims, sorted(map(str, step_dir.rglob("*")))
   for victim in victims:
     data = bytearray(victim.read_bytes())
     for i in range(len(data) // 2, min(len(data), len(data) // 2 + 64)):
@@ -429,3 +429,30 @@ def test_a_full_disk_anywhere_is_one_clear_error(capsys):
 
   with pytest.raises(OSError):
     other([])
+
+
+def test_damaged_best_checkpoint_is_set_aside_and_the_test_report_says_last(tmp_path):
+  """WORKDIR/best that does not read back: moved to WORKDIR/damaged/best-step-N
+  with a warning; restore_params returns None (the trainer then reports the
+  test split on the last parameters, "checkpoint": "last"); the next better
+  evaluation starts a new best."""
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  best = checkpoint.BestCheckpoint(tmp_path, "accuracy")
+  params = {"w": jnp.arange(20000, dtype=jnp.float32).reshape(100, 200)}
+  assert best.update(10, params, {"accuracy": 0.5}, {"family": "bert"})
+  _corrupt_arrays(tmp_path / "best" / "10")
+  abstract = {"w": jax_shape(params["w"])}
+  with pytest.warns(UserWarning, match=r"best checkpoint \(step 10\) .* could not be read .*moved it to"):
+    assert best.restore_params(abstract) is None
+  assert (tmp_path / "damaged" / "best-step-10").is_dir()
+  assert best.info() is None
+  assert best.update(20, params, {"accuracy": 0.4}, {"family": "bert"})  # a new best, whatever the old value
+  np.testing.assert_array_equal(np.asarray(best.restore_params(abstract)["w"]), np.asarray(params["w"]))
+  best.close()
+
+
+def jax_shape(x):
+  import jax  # noqa: PLC0415
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
