@@ -182,7 +182,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
       "peak_flops": total_peak, "peak_source": peak_source,
       "mfu": achieved / total_peak if total_peak else None,
       "peak_memory_bytes": memory, "peak_memory_source": memory_source,
-      "compiled_memory_bytes": _compiled_memory(compiled),
+      "compiled_memory_bytes": trainer.compiled_bytes(compiled)[1],
       "cpu_tuning": host.tuned(),
   }
 
@@ -243,29 +243,18 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
   return out
 
 
-def _compiled_memory(compiled) -> int | None:
-  """Bytes the compiled step needs on one device (XLA memory analysis: arguments
-  + outputs + temporaries - donated buffers), whatever ran before in the process."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
-  except Exception:  # noqa: BLE001  (not every backend implements it)
-    return None
-
-
 def _peak_memory(compiled) -> tuple[int | None, str]:
   import jax  # noqa: PLC0415
+
+  from lmjax import trainer  # noqa: PLC0415
 
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"]), "device memory_stats (peak_bytes_in_use, device 0)"
-  try:
-    m = compiled.memory_analysis()
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
-    return int(total), "XLA memory_analysis of the step (arguments + outputs + temporaries - donated)"
-  except Exception:  # noqa: BLE001  (not every backend implements it)
+  total = trainer.compiled_bytes(compiled)[1]
+  if total is None:
     return None, "unavailable on this backend"
+  return total, "XLA memory_analysis of the step (arguments + outputs + temporaries - donated)"
 
 
 @cli

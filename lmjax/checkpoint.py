@@ -26,6 +26,19 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
   return (text[0] if text else "")[:limit]
 
 
+def move_to_damaged(step_dir: Path, name: str) -> Path:
+  """Moves a checkpoint directory that does not read back to WORKDIR/damaged/NAME
+  (NAME.2, ... if taken): kept for inspection, out of Orbax's way."""
+  root = step_dir.parent.parent / "damaged"
+  root.mkdir(exist_ok=True)
+  target, n = root / name, 1
+  while target.exists():
+    n += 1
+    target = root / f"{name}.{n}"
+  shutil.move(str(step_dir), target)
+  return target
+
+
 def param_shapes(params) -> dict[str, list[int]]:
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
@@ -188,7 +201,7 @@ class Checkpointer:
         failures.append((step, e))
         continue
       for bad, error in failures:
-        moved = self._move_aside(bad)
+        moved = move_to_damaged(self.directory / str(bad), f"step-{bad}")
         warnings.warn(f"checkpoint step {bad} in {self.directory} could not be read "
                       f"({type(error).__name__}: {_first_line(error)}); moved it to {moved} and resumed from "
                       f"step {step}, the newest that reads back.", stacklevel=2)
@@ -201,16 +214,6 @@ class Checkpointer:
                        "deleted: move the damaged step directories away to start over, or use a fresh --workdir.")
     return None
 
-  def _move_aside(self, step: int) -> Path:
-    target_root = self.directory.parent / "damaged"
-    target_root.mkdir(exist_ok=True)
-    target = target_root / f"step-{step}"
-    n = 1
-    while target.exists():
-      n += 1
-      target = target_root / f"step-{step}.{n}"
-    shutil.move(str(self.directory / str(step)), target)
-    return target
 
   def wait(self):
     with self._reporting_failures(self._pending or 0):
@@ -271,13 +274,7 @@ class BestCheckpoint:
 
   def _set_aside(self, step: int, error: BaseException) -> None:
     """Moves a best checkpoint that does not read back to WORKDIR/damaged/best-step-N, with a warning."""
-    root = self.directory.parent / "damaged"
-    root.mkdir(exist_ok=True)
-    target, n = root / f"best-step-{step}", 1
-    while target.exists():
-      n += 1
-      target = root / f"best-step-{step}.{n}"
-    shutil.move(str(self.directory / str(step)), target)
+    target = move_to_damaged(self.directory / str(step), f"best-step-{step}")
     self.manager.reload()
     warnings.warn(f"the best checkpoint (step {step}) in {self.directory} could not be read "
                   f"({type(error).__name__}: {_first_line(error)}); moved it to {target}. The next evaluation "

@@ -292,6 +292,18 @@ def _per_device_bytes(abstract_tree) -> int:
   return total
 
 
+def compiled_bytes(compiled) -> tuple[int | None, int | None]:
+  """(temporaries, total) bytes one device needs for a compiled step, by XLA's
+  memory analysis: total = arguments + outputs + temporaries - donated buffers.
+  (None, None) where the backend has no memory analysis."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.temp_size_in_bytes), int(m.argument_size_in_bytes + m.output_size_in_bytes
+                                           + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001  (not every backend implements it)
+    return None, None
+
+
 def _device_memory_limit(cfg) -> tuple[int | None, str]:
   if cfg.mesh.device_memory_gb > 0:
     return int(cfg.mesh.device_memory_gb * 2**30), "mesh.device_memory_gb"
@@ -330,13 +342,9 @@ def preflight(setup: Setup, train_fn):
   n_params = sum(int(np.prod(p.shape, dtype=np.int64)) for p in jax.tree.leaves(params))
   param_bytes = _per_device_bytes(params)
   opt_bytes = _per_device_bytes(setup.abstract_state["opt_state"])
-  try:
-    m = compiled.memory_analysis()
-    temp = int(m.temp_size_in_bytes)
-    step_bytes = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                     - m.alias_size_in_bytes)
-  except Exception:  # noqa: BLE001  (not every backend implements it)
-    temp, step_bytes = None, param_bytes + opt_bytes
+  temp, step_bytes = compiled_bytes(compiled)
+  if step_bytes is None:
+    step_bytes = param_bytes + opt_bytes
   limit, source = _device_memory_limit(cfg)
   mesh = ", ".join(f"{k}={v}" for k, v in setup.mesh.shape.items())
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
