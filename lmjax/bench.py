@@ -130,6 +130,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   trainer.validate(cfg, mesh, task)
   setup = trainer.build(cfg, mesh)
   state = trainer.init_state(setup)
+  n_params = sum(int(np.prod(p.shape, dtype=np.int64)) for p in jax.tree.leaves(state["params"]))
   train_fn, eval_fn = trainer.compile_steps(setup)
   with jax.set_mesh(mesh):
     batch = trainer.to_global(tasks.base.synthetic_batch(task, cfg, np.random.default_rng(seed)), setup)
@@ -169,7 +170,7 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   return {
       "config": None, "mode": mode, "family": type(cfg.model).__name__, "objective": task.name,
       "batch_size": cfg.train.batch_size, "seq_len": cfg.data.max_seq_len, "dtype": cfg.model.dtype,
-      "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+      "params": n_params, "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
       "tokens_per_sec": tokens / step_time,
       "step_time_s": step_time, "step_time_min_s": min(times), "steps": steps, "warmup": warmup,
       "compile_time_s": compile_time,  # tracing + lowering + XLA's compilation (or its load from the cache)

@@ -337,7 +337,9 @@ def check_attention(implementation: str, dropout_rate: float) -> None:
                      "wherever dropout applies).")
 
 
-def _pick(implementation: str, dtype, dropping: bool) -> str:
+def pick_attention(implementation: str, dtype, dropping: bool) -> str:
+  """The kernel `attend` runs for `model.attention=implementation` in this
+  dtype, with (`dropping`) or without attention dropout."""
   if implementation != "auto":
     return implementation
   if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not dropping:
@@ -357,7 +359,7 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array | None, *, c
   heads (N = K x G). `bias`: additive float32 or None, broadcastable to
   [B, N, T, S]; `causal` adds the causal mask. Returns [B, T, N, H]."""
   dropping = rng is not None and dropout_rate > 0
-  impl = _pick(implementation, q_btnh.dtype, dropping)
+  impl = pick_attention(implementation, q_btnh.dtype, dropping)
   b, t, n, h = q_btnh.shape
   s, k = k_bskh.shape[1], k_bskh.shape[2]
   if impl != "einsum":

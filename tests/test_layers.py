@@ -128,9 +128,9 @@ def test_causal_flag_equals_a_causal_bias_and_covers_cache_offsets():
 
 
 def test_auto_attention_is_einsum_on_cpu_and_with_dropout():
-  assert L._pick("auto", jnp.bfloat16, dropping=False) == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
-  assert L._pick("auto", jnp.bfloat16, dropping=True) == "einsum"
-  assert L._pick("xla", jnp.float32, dropping=False) == "xla"
+  assert L.pick_attention("auto", jnp.bfloat16, dropping=False) == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+  assert L.pick_attention("auto", jnp.bfloat16, dropping=True) == "einsum"
+  assert L.pick_attention("xla", jnp.float32, dropping=False) == "xla"
 
 
 def test_bad_attention_and_remat_names_are_refused_with_the_valid_ones():

@@ -1,0 +1,130 @@
+"""Do matmuls run slower inside a Transformer train step than alone? A reproducer
+in plain JAX (no lmjax code), under a minute on a 2-core CPU.
+
+  python benchmarks/matmul_gap.py            # GPT-2 small's block: B=2, T=512, D=768, 12 heads, MLP 3072
+  python benchmarks/matmul_gap.py --layers 4 --batch 2 --seq 512
+
+Times, for a stack of GPT-2-small blocks (pre-LN, causal softmax attention,
+GELU MLP; float32; forward + backward), in one process, best of --repeats:
+
+  alone      every matmul of the forward and backward pass (x @ W, g @ W^T,
+             x^T @ g, Q K^T, P V and their gradients), each in its own jit, summed
+  together   the same matmuls in one jitted forward + backward, without the
+             elementwise work (no norms, softmax, GELU): neighbours only
+  block      the real blocks' forward + backward (the matmuls plus their
+             elementwise neighbours)
+  peak       a 1024^3 matmul chain (what lmjax.bench calls the peak)
+
+and prints each as matmul GFLOP/s (the same matmul FLOP count divided by each
+time), so "together" vs "alone" is the in-graph matmul slowdown and "block" vs
+"together" is the price of the elementwise work. One JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def best(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  out = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    out = min(out, time.perf_counter() - t)
+  return out
+
+
+def layer_norm(x):
+  m = x.mean(-1, keepdims=True)
+  return (x - m) * jax.lax.rsqrt(((x - m) ** 2).mean(-1, keepdims=True) + 1e-5)
+
+
+def block(p, x, with_elementwise: bool):
+  b, t, d = x.shape
+  n = p["q"].shape[1]
+  h = x if not with_elementwise else layer_norm(x)
+  q = jnp.einsum("btd,dnh->btnh", h, p["q"])
+  k = jnp.einsum("btd,dnh->btnh", h, p["k"])
+  v = jnp.einsum("btd,dnh->btnh", h, p["v"])
+  s = jnp.einsum("btnh,bsnh->bnts", q, k)
+  if with_elementwise:
+    s = jax.nn.softmax(s / math.sqrt(q.shape[-1]) + jnp.where(jnp.tril(jnp.ones((t, t), bool)), 0.0, -1e9), -1)
+  o = jnp.einsum("bnts,bsnh->btnh", s, v)
+  x = x + jnp.einsum("btnh,nhd->btd", o, p["o"])
+  h = x if not with_elementwise else layer_norm(x)
+  u = jnp.einsum("btd,df->btf", h, p["up"])
+  if with_elementwise:
+    u = jax.nn.gelu(u)
+  return x + jnp.einsum("btf,fd->btd", u, p["down"]) * (1 / n if not with_elementwise else 1.0)
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--layers", type=int, default=2)
+  ap.add_argument("--batch", type=int, default=2)
+  ap.add_argument("--seq", type=int, default=512)
+  ap.add_argument("--width", type=int, default=768)
+  ap.add_argument("--heads", type=int, default=12)
+  ap.add_argument("--repeats", type=int, default=5)
+  a = ap.parse_args()
+  b, t, d, n, f = a.batch, a.seq, a.width, a.heads, 4 * a.width
+  hd = d // n
+  keys = iter(jax.random.split(jax.random.key(0), 8 * a.layers + 64))
+  rnd = lambda *s: jax.random.normal(next(keys), s, jnp.float32) * 0.02  # noqa: E731
+  params = [{"q": rnd(d, n, hd), "k": rnd(d, n, hd), "v": rnd(d, n, hd), "o": rnd(n, hd, d), "up": rnd(d, f),
+             "down": rnd(f, d)} for _ in range(a.layers)]
+  x = rnd(b, t, d)
+
+  def loss(params, x, with_elementwise):
+    for p in params:
+      x = block(p, x, with_elementwise)
+    return jnp.sum(x * x)
+
+  together = jax.jit(jax.grad(lambda p, x: loss(p, x, False), argnums=(0, 1)))
+  full = jax.jit(jax.grad(lambda p, x: loss(p, x, True), argnums=(0, 1)))
+
+  # Every matmul of one block's forward and backward, as [M, K] x [K, N] (or batched) products.
+  bt = b * t
+  proj = [(bt, d, d)] * 4 + [(bt, d, f), (bt, f, d)]  # q, k, v, out, up, down
+  plain = []
+  for m, k, nn in proj:  # forward y = x W; backward dx = g W^T, dW = x^T g
+    plain += [(m, k, nn), (m, nn, k), (k, m, nn)]
+  attn = [(t, hd, t), (t, t, hd)]  # Q K^T and P V per (batch, head)
+  batched = []
+  for m, k, nn in attn:
+    batched += [(m, k, nn), (m, nn, k), (k, m, nn)]
+  flops = a.layers * (sum(2 * m * k * nn for m, k, nn in plain) + b * n * sum(2 * m * k * nn for m, k, nn in batched))
+
+  alone = 0.0
+  mm = jax.jit(lambda u, w: u @ w)
+  for m, k, nn in plain:
+    alone += best(mm, rnd(m, k), rnd(k, nn), repeats=a.repeats)
+  bmm = jax.jit(lambda u, w: jnp.einsum("zmk,zkn->zmn", u, w))
+  for m, k, nn in batched:
+    alone += best(bmm, rnd(b * n, m, k), rnd(b * n, k, nn), repeats=a.repeats)
+  alone *= a.layers
+  t_together = best(together, params, x, repeats=a.repeats)
+  t_full = best(full, params, x, repeats=a.repeats)
+  s = 1024
+  chain = jax.jit(lambda u, w: jnp.tanh(jnp.tanh(jnp.tanh(jnp.tanh(u @ w) @ w) @ w) @ w))
+  t_peak = best(chain, rnd(s, s), rnd(s, s), repeats=a.repeats)
+  rates = {"alone": flops / alone, "together": flops / t_together, "block": flops / t_full,
+           "peak": 4 * 2 * s**3 / t_peak}
+  for name, r in rates.items():
+    print(f"{name:9s} {r / 1e9:7.1f} GFLOP/s")
+  print(json.dumps({"layers": a.layers, "batch": b, "seq": t, "width": d, "heads": n, "matmul_gflop": flops / 1e9,
+                    "jax": jax.__version__, "devices": str(jax.devices()[0].device_kind),
+                    **{f"{k}_gflops": round(v / 1e9, 1) for k, v in rates.items()},
+                    "together_vs_alone": round(alone / t_together, 3), "block_vs_together": round(t_together / t_full, 3)}))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
