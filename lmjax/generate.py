@@ -27,6 +27,11 @@ once per (batch, S): no recompilation per token. Greedy decoding
 (temperature 0), temperature, top-k and top-p (nucleus) sampling, stop
 tokens and a new-token limit. `use_cache=False` recomputes the whole
 sequence every step instead (the baseline of the decode benchmark).
+
+`--mesh DATA,FSDP,TENSOR` (e.g. `--mesh 1,4,2`) keeps the parameters split
+over this host's devices with the run's sharding rules (`--rules` to choose
+others), for a model that does not fit one device; XLA runs each step where
+the parameters are, and the output is the same as on one device.
 """
 
 from __future__ import annotations
@@ -441,14 +446,27 @@ class Loaded:
   run_config: object = None  # the lmjax run's Config (None for a Hugging Face directory)
 
 
-def load(workdir: str | Path, checkpoint: str = "latest") -> Loaded:
-  """A decoder (or encoder-decoder) and its tokenizer from an lmjax run or a Hugging Face directory (lmjax.runs)."""
+def load(workdir: str | Path, checkpoint: str = "latest", mesh: str | None = None,
+         rules: str | None = None) -> Loaded:
+  """A decoder (or encoder-decoder) and its tokenizer from an lmjax run or a Hugging Face directory (lmjax.runs).
+
+  mesh: "DATA,FSDP,TENSOR" over this host's devices: the parameters stay split
+  over it as `rules` (default: the run's mesh.rules, else fsdp_tp) say, and
+  the Generator computes where they are; default: on the host, then one device."""
+  import jax  # noqa: PLC0415
+
   from lmjax import models, runs  # noqa: PLC0415
+  from lmjax import sharding as sh  # noqa: PLC0415
 
   decoders = tuple(f.name for f in models.FAMILIES.values() if f.generation is not None)
-  run = runs.open_run(workdir, checkpoint, families=decoders, needs="generation")
-  import jax  # noqa: PLC0415
-  return Loaded(run.model, jax.device_get(run.params), run.tokenizer, run.description, run.config)
+  if mesh is None:
+    run = runs.open_run(workdir, checkpoint, families=decoders, needs="generation")
+    return Loaded(run.model, jax.device_get(run.params), run.tokenizer, run.description, run.config)
+  src = runs.inspect(workdir, families=decoders, needs="generation")
+  rules = rules or (src.config.mesh.rules if src.config is not None else "fsdp_tp")
+  placement = sh.ModelSharding(sh.parse_mesh(mesh, jax.local_devices()), sh.rules_for(rules))
+  run = runs.open_run(workdir, checkpoint, families=decoders, needs="generation", sharding=placement)
+  return Loaded(run.model, run.params, run.tokenizer, f"{run.description}, mesh {mesh} ({rules})", run.config)
 
 
 def _print_beams(prompts, beams: Beams, text_of) -> None:
@@ -489,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--truncate", action="store_true", help="cut prompts longer than the context window")
   parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
   parser.add_argument("--raw", action="store_true", help="do not apply a seq2seq run's input template")
+  parser.add_argument("--mesh", help="DATA,FSDP,TENSOR: split the parameters over this host's devices as in "
+                      "training, for a model that does not fit one (default: one device)")
+  parser.add_argument("--rules", help="the rule set with --mesh (default: the run's mesh.rules, else fsdp_tp)")
   args = parser.parse_args(argv)
   prompts = list(args.prompt)
   if args.stdin:
@@ -497,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     raise LmjaxError("Nothing to continue: give --prompt TEXT (repeatable) or --stdin.")
   if args.num_beams is not None and args.num_beams < 1:
     raise LmjaxError(f"--num-beams {args.num_beams}: the beam width must be at least 1.")
-  m = load(args.workdir, args.checkpoint)
+  m = load(args.workdir, args.checkpoint, args.mesh, args.rules)
   from lmjax import models  # noqa: PLC0415
   encoder_decoder = models.of(m.cfg).generation.encoder_decoder
   run = m.run_config

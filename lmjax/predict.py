@@ -9,6 +9,9 @@ per line from stdin; for a sentence-pair run, a line holds "text<TAB>pair".
 Uses the workdir's best checkpoint (WORKDIR/best) if it keeps one, else the
 latest, unless --checkpoint says otherwise; everything else (config, tokenizer, labels) also comes from the
 workdir. Inputs are classified in fixed-size batches (one compilation).
+`--mesh DATA,FSDP,TENSOR` splits the parameters over this host's devices
+with the run's sharding rules (`--rules` to choose others), for a model that
+does not fit one device; the output is the same.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from lmjax.metrics import log
 class Classifier:
   """A fine-tuned run's model, tokenizer and labels, ready to classify text."""
 
-  def __init__(self, workdir: str | Path, checkpoint: str = "auto", batch_size: int = 32):
+  def __init__(self, workdir: str | Path, checkpoint: str = "auto", batch_size: int = 32, mesh: str | None = None,
+               rules: str | None = None):
+    """mesh: "DATA,FSDP,TENSOR" over this host's devices, parameters split as
+    the run's rule set (or `rules`) says, for models that do not fit one
+    device; default: parameters replicated, rows split over every device."""
     import jax  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
     from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
@@ -39,13 +46,17 @@ class Classifier:
       raise LmjaxError(f"{workdir} {what}; lmjax.predict needs a classification (fine-tuning) run.")
     cfg = src.config
     self.task = tasks.get(cfg.train.objective)
-    n = jax.local_device_count()
-    self.batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the devices
     self.cfg = cfg
     self.names = cfg.data.labels
-    # Data parallel over this host's devices: parameters replicated, rows split.
-    self.mesh = sh.make_mesh(-1, 1, 1, devices=jax.local_devices())
-    run = runs.open_run(workdir, checkpoint, sharding=NamedSharding(self.mesh, PartitionSpec()))
+    if mesh is None:  # data parallel over this host's devices: parameters replicated, rows split
+      self.mesh = sh.make_mesh(-1, 1, 1, devices=jax.local_devices())
+      placement = NamedSharding(self.mesh, PartitionSpec())
+    else:
+      self.mesh = sh.parse_mesh(mesh, jax.local_devices())
+      placement = sh.ModelSharding(self.mesh, sh.rules_for(rules or cfg.mesh.rules))
+    n = sh.data_parallel_size(self.mesh)
+    self.batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the rows' shards
+    run = runs.open_run(workdir, checkpoint, sharding=placement)
     self.tok, self.params, self.step = run.tokenizer, run.params, run.step
     graphdef = nnx.split(nnx.eval_shape(lambda: src.family.model_class(self.task.model)(cfg.model,
                                                                                         rngs=nnx.Rngs(0))))[0]
@@ -76,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="'best', 'latest', a step number, or 'auto' (default: best if the run keeps one, else latest)")
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--json", action="store_true", help="print one JSON object per input")
+  parser.add_argument("--mesh", help="DATA,FSDP,TENSOR: split the parameters over this host's devices as in "
+                      "training (default: replicated on each device)")
+  parser.add_argument("--rules", help="the rule set with --mesh (default: the run's mesh.rules)")
   parser.add_argument("texts", nargs="*", help="texts to classify (default: one per line from stdin)")
   args = parser.parse_args(argv)
   texts = args.texts if args.texts else [line.rstrip("\n") for line in sys.stdin if line.strip()]
   if not texts:
     raise LmjaxError("Nothing to classify: give texts as arguments or lines on stdin.")
-  clf = Classifier(args.workdir, args.checkpoint, args.batch_size)
+  clf = Classifier(args.workdir, args.checkpoint, args.batch_size, args.mesh, args.rules)
   pairs = None
   if clf.cfg.data.text_pair_column:
     split = [t.split("\t", 1) for t in texts]

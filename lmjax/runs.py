@@ -90,11 +90,26 @@ def inspect(path: str | Path, what: str = "--workdir", families: tuple[str, ...]
   return Source("huggingface", root, family, family.convert().config_from_hf(raw))
 
 
-def abstract_params(family: Family, model_cfg, kind: str | None = None) -> dict:
-  """{path: ShapeDtypeStruct} of a freshly built model (nothing is allocated)."""
+def abstract_params(family: Family, model_cfg, kind: str | None = None, sharding=None) -> dict:
+  """{path: ShapeDtypeStruct} of a freshly built model (nothing is allocated),
+  each carrying its placement when `sharding` is given: one jax Sharding for
+  every parameter, or `sharding.ModelSharding` (each parameter as its logical
+  axes say on that mesh)."""
+  import jax  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
+
+  from lmjax import sharding as sh  # noqa: PLC0415
   cls = family.model_class(kind or family.default_model)
-  return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: cls(model_cfg, rngs=nnx.Rngs(0))))[1])
+  model = nnx.eval_shape(lambda: cls(model_cfg, rngs=nnx.Rngs(0)))
+  abstract = nnx.to_pure_dict(nnx.split(model)[1])
+  if sharding is None:
+    return abstract
+  if isinstance(sharding, sh.ModelSharding):
+    models.check_mesh(model_cfg, sharding.mesh)
+    shardings = sh.param_shardings(model, sharding.mesh, sharding.rules)
+  else:
+    shardings = jax.tree.map(lambda _: sharding, abstract)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 @dataclasses.dataclass
@@ -121,8 +136,9 @@ def open_run(path: str | Path, checkpoint: str = "latest", *, what: str = "--wor
 
   checkpoint: "best" (WORKDIR/best; an error if the run keeps none), "latest",
   "auto" (best if the run keeps one, else latest) or a step number. A path of
-  the form RUN/checkpoints/STEP fixes the step. `sharding` places every
-  parameter (default: the first device).
+  the form RUN/checkpoints/STEP fixes the step. `sharding` places the
+  parameters (default: the first device): one jax Sharding for all, or
+  `lmjax.sharding.ModelSharding` to split them over a mesh as in training.
   """
   import jax  # noqa: PLC0415
 
@@ -131,10 +147,10 @@ def open_run(path: str | Path, checkpoint: str = "latest", *, what: str = "--wor
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   if src.kind == "huggingface":
     from lmjax.convert.common import merge_into  # noqa: PLC0415
-    abstract = abstract_params(src.family, src.model)
+    placed = abstract_params(src.family, src.model, sharding=sharding)
     _, loaded = src.family.convert().load_pretrained(src.path)
-    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
-    params = jax.device_put(merge_into(zeros, loaded), sharding)
+    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), placed)
+    params = jax.device_put(merge_into(zeros, loaded), jax.tree.map(lambda a: a.sharding, placed))
     step, desc = None, f"{src.path} (Hugging Face {src.family.name})"
   else:
     params, step, which = _restore(src, checkpoint, sharding)
@@ -151,16 +167,13 @@ def open_run(path: str | Path, checkpoint: str = "latest", *, what: str = "--wor
 
 
 def _restore(src: Source, checkpoint: str, sharding) -> tuple[dict, int, str]:
-  import jax  # noqa: PLC0415
-
   from lmjax.checkpoint import BestCheckpoint, param_shapes, read_meta, read_params, saved_steps  # noqa: PLC0415
 
   def target(saved_meta: dict):
     # The checkpoint's meta names which of the family's models it holds ("task").
-    abstract = abstract_params(src.family, src.model, saved_meta.get("task"))
-    placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+    placed = abstract_params(src.family, src.model, saved_meta.get("task"), sharding=sharding)
     return placed, {"family": src.family.name, "model": dataclasses.asdict(src.model),
-                    "shapes": param_shapes(abstract)}
+                    "shapes": param_shapes(placed)}
 
   checkpoint = str(checkpoint)
   if src.step is not None:

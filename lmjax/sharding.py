@@ -16,6 +16,7 @@ sets, not code paths:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from typing import Sequence
@@ -84,6 +85,39 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[jax.Device] |
   except Exception:  # noqa: BLE001  (uneven topologies: plain order is fine)
     device_array = np.asarray(devices).reshape(shape)
   return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSharding:
+  """Place each parameter of a model on `mesh` as its logical axis names say
+  under `rules` (the training layout), rather than one sharding for all."""
+  mesh: Mesh
+  rules: tuple
+
+
+def param_shardings(abstract_model, mesh: Mesh, rules) -> dict:
+  """{path: NamedSharding} of every parameter of an nnx model (abstract, from
+  `nnx.eval_shape`) from the logical axis names it was built with."""
+  from flax import nnx  # noqa: PLC0415
+
+  state = nnx.split(abstract_model)[1]
+  names = {a for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+           for a in (leaf.get_metadata().get("sharding") or leaf.get_metadata().get("out_sharding") or ())}
+  check_rules(rules, names)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    return nnx.to_pure_dict(nnx.get_named_sharding(state, mesh))
+
+
+def parse_mesh(text: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh from "DATA,FSDP,TENSOR" (one of them may be -1: the rest), as the
+  inference commands' --mesh option takes it."""
+  try:
+    sizes = [int(x) for x in text.split(",")]
+  except ValueError:
+    sizes = []
+  if len(sizes) != 3:
+    raise LmjaxError(f"--mesh {text!r}: give three sizes DATA,FSDP,TENSOR, e.g. --mesh 1,4,2 (one may be -1).")
+  return make_mesh(*sizes, devices=devices)
 
 
 def check_rules(rules, names: set[str]) -> None:

@@ -96,11 +96,7 @@ def build(cfg: config_lib.Config, mesh) -> Setup:
   model_cls = models.model_class(cfg.model, task.model)
   abstract_model = nnx.eval_shape(lambda: model_cls(cfg.model, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)
-  names = {a for leaf in jax.tree.leaves(abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
-           for a in (leaf.get_metadata().get("sharding") or leaf.get_metadata().get("out_sharding") or ())}
-  sh.check_rules(rules, names)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    param_sharding = nnx.to_pure_dict(nnx.get_named_sharding(abstract_params, mesh))
+  param_sharding = sh.param_shardings(abstract_model, mesh, rules)
   abstract_params = nnx.to_pure_dict(abstract_params)
   tx = optim.make(cfg.train)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)

@@ -118,6 +118,11 @@ def test_classification_learns_a_separable_task_and_predict_cli(cls_cfg, tmp_pat
   assert predict.Classifier(work, "best").step == best["step"]  # the run loader's best checkpoint
   assert predict.Classifier(work).step == best["step"]  # auto: best when the run keeps one
   assert predict.Classifier(work, "latest").step == 160
+  # Parameters split over fsdp x tensor with the run's rules (sharded inference): the same probabilities.
+  probs, _ = predict.Classifier(work, "best").predict(texts)
+  split = predict.Classifier(work, "best", mesh="1,4,2")
+  assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(split.params))
+  np.testing.assert_allclose(split.predict(texts)[0], probs, rtol=1e-5, atol=1e-6)
 
 
 def finetuning_best(work):

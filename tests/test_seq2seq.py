@@ -74,6 +74,10 @@ def test_seq2seq_trains_from_pair_files_reports_and_generates(pairs_cfg, tmp_pat
   assert lines[0] == "red cat" and len(lines) == 3
   scores = [float(line.split("\t")[0]) for line in lines[1:]]
   assert scores == sorted(scores, reverse=True)
+  # Parameters split over fsdp x tensor (sharded inference): the same beams and scores.
+  generate.main(["--workdir", str(workdir), "--checkpoint", "best", "--prompt", "red cat",
+                 "--num-beams", "3", "--num-return-sequences", "2", "--mesh", "1,4,2"])
+  assert capsys.readouterr().out.strip().splitlines() == lines
 
 
 def _encoded(n=40, seed=0):

@@ -152,3 +152,13 @@ def test_constraint_is_a_noop_outside_rules():
   with sh.activation_rules(mesh, sh.rules_for("dp")):
     y = jax.jit(lambda a: sh.constrain(a, ("batch", None)))(jnp.ones((8, 3)))
   assert y.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(("data", "fsdp"))), 2)
+
+
+def test_parse_mesh_for_the_inference_commands():
+  from lmjax import sharding as sh
+  assert dict(sh.parse_mesh("1,4,2").shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert dict(sh.parse_mesh("-1,2,1").shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  with pytest.raises(LmjaxError, match="three sizes DATA,FSDP,TENSOR"):
+    sh.parse_mesh("4x2")
+  with pytest.raises(LmjaxError, match="does not divide"):
+    sh.parse_mesh("-1,3,1")
