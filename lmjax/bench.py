@@ -23,6 +23,15 @@ kind is in the table below; on a CPU it is the best matmul rate measured in the
 same process (so MFU reads "share of what this machine's matmul reaches").
 An unknown accelerator gets `"mfu": null` rather than an invented peak.
 
+--data-only times the recipe's training example stream instead, with no
+model: its real data (prepared into the data cache on first use), --steps
+global batches after --warmup, built on one thread. Prints examples_per_sec,
+tokens_per_sec (real tokens: masks or segment ids where the batch has them),
+padded_tokens_per_sec, cpu_seconds, cores_busy, examples_per_cpu_sec, and
+processes / workers used.
+
+  python -m lmjax.bench --config configs/bert_base_pretrain.py --data-only --steps 20
+
 --generate (decoder and encoder-decoder recipes) times batched decoding
 instead: train.batch_size random prompts (a T5's inputs) of --prompt-len
 tokens, --new-tokens greedy steps each, with
@@ -40,6 +49,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from lmjax.errors import LmjaxError, cli
 
@@ -244,6 +254,52 @@ def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int =
   return out
 
 
+def run_data(cfg, *, batches: int = 20, warmup: int = 2) -> dict:
+  """The training example stream alone (`--data-only`): the recipe's task
+  opens its real data (preparing it into the data cache on first use, in a
+  scratch workdir) and `batches` global batches are built after `warmup`, on
+  the calling thread (no prefetch), so the figures are the example maker's
+  own: examples/s, tokens/s (real tokens where the batch marks padding,
+  encoder and decoder sides together), and per CPU-second of this process."""
+  import tempfile  # noqa: PLC0415
+
+  import numpy as np  # noqa: PLC0415
+
+  from lmjax import tasks  # noqa: PLC0415
+  from lmjax import sharding as sh  # noqa: PLC0415
+  from lmjax.data.stream import BatchIterator  # noqa: PLC0415
+
+  if batches < 1 or warmup < 0:
+    raise LmjaxError("--steps (batches timed) must be at least 1 and --warmup at least 0.")
+  task = tasks.get(cfg.train.objective)
+  mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  with tempfile.TemporaryDirectory(prefix="lmjax-data-bench-") as workdir:
+    t = time.perf_counter()
+    cfg = task.configure(cfg, Path(workdir), resumed=False)
+    data = task.open(cfg, Path(workdir), mesh, resumed=False)
+    open_s = time.perf_counter() - t
+    it = BatchIterator(data.train, cfg.train.batch_size, prefetch=0)
+    for _ in range(warmup):
+      next(it)
+    wall, cpu = time.perf_counter(), time.process_time()
+    rows = real = padded = 0
+    for _ in range(batches):
+      batch = next(it)
+      n = len(next(iter(batch.values())))
+      rows += n
+      # Token slots: the encoder's (or only) sequence, plus a decoder's targets; real = not padding.
+      masks = [batch[k] for k in ("input_mask", "segment_ids", "input_segments", "target_segments") if k in batch]
+      real += sum(int(np.count_nonzero(m)) for m in masks) if masks else n * cfg.data.max_seq_len
+      padded += sum(m.size for m in masks) if masks else n * cfg.data.max_seq_len
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  return {"mode": "data", "objective": task.name, "dataset": cfg.data.dataset, "batch_size": cfg.train.batch_size,
+          "seq_len": cfg.data.max_seq_len, "batches": batches, "examples": rows,
+          "examples_per_sec": rows / wall, "tokens_per_sec": real / wall,
+          "padded_tokens_per_sec": padded / wall,
+          "cpu_seconds": cpu, "cores_busy": cpu / wall, "examples_per_cpu_sec": rows / max(cpu, 1e-9),
+          "processes": 1, "workers": 1, "open_s": open_s}
+
+
 def _peak_memory(compiled) -> tuple[int | None, str]:
   import jax  # noqa: PLC0415
 
@@ -269,10 +325,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--generate", action="store_true", help="time batched decoding, with and without the KV cache")
   parser.add_argument("--prompt-len", type=int, default=64, help="--generate: prompt tokens per row")
   parser.add_argument("--new-tokens", type=int, default=64, help="--generate: tokens generated per row")
+  parser.add_argument("--data-only", action="store_true",
+                      help="time the training example stream alone (examples/s, tokens/s, per CPU-second)")
   args = parser.parse_args(argv)
   from lmjax import config as config_lib  # noqa: PLC0415
   cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
-  if args.generate:
+  if args.data_only:
+    result = run_data(cfg, batches=args.steps, warmup=args.warmup)
+  elif args.generate:
     result = run_generate(cfg, prompt_len=args.prompt_len, new_tokens=args.new_tokens)
   else:
     result = run(cfg, steps=args.steps, warmup=args.warmup, mode="eval" if args.eval else "train")

@@ -97,3 +97,11 @@ def test_decoder_flops_match_xla_and_generate_mode(tmp_path):
   assert gen["cache_speedup"] == pytest.approx(gen["cache_tokens_per_sec"] / gen["no_cache_tokens_per_sec"])
   with pytest.raises(bench.LmjaxError, match="fit the context window"):
     bench.run_generate(cfg, prompt_len=100, new_tokens=100)
+
+
+def test_data_only_times_the_example_stream(tiny_cfg):
+  from lmjax import bench
+  out = bench.run_data(tiny_cfg, batches=3, warmup=1)
+  assert out["mode"] == "data" and out["examples"] == 3 * tiny_cfg.train.batch_size
+  assert out["examples_per_sec"] > 0 and 0 < out["tokens_per_sec"] <= out["padded_tokens_per_sec"]
+  assert out["processes"] == 1 and out["workers"] == 1 and out["cpu_seconds"] >= 0
