@@ -106,6 +106,14 @@ class DataConfig:
   # A text longer than max_seq_len: "warn" truncates it and reports how many
   # were cut; "error" stops.
   truncation: str = "warn"
+  # Training batches padded only as far as their longest row needs, rounded
+  # up to one of this many equally spaced lengths up to max_seq_len (one
+  # compiled step each); 1 = every batch padded to max_seq_len.
+  length_buckets: int = 1
+  # Sort each run of this many training batches by length (and shuffle the
+  # batches), so rows of similar length share a batch and the buckets cut
+  # more padding; 0 = plain shuffled order.
+  group_by_length: int = 0
   # Split evaluated during training, and split of the final report.
   eval_split: str = "validation"
   test_split: str = "test"
@@ -139,7 +147,7 @@ DATA_GROUPS: dict[str, tuple[str, ...]] = {
     "bert_examples": ("max_predictions_per_seq", "mask_prob", "short_seq_prob", "random_next_prob"),
     "span_corruption": ("noise_density", "mean_noise_span_length"),
     "labelled": ("train_file", "validation_file", "test_file", "text_column", "text_pair_column", "label_column",
-                 "labels", "truncation", "eval_split", "test_split"),
+                 "labels", "truncation", "length_buckets", "group_by_length", "eval_split", "test_split"),
     "seq2seq": ("input_column", "target_column", "input_template", "max_target_len", "pack_examples", "metrics"),
 }
 

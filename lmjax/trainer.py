@@ -548,6 +548,8 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   tc = cfg.train
   position = 0
   train_fn, eval_fn = compile_steps(setup)
+  jit_train = train_fn  # compiles other batch shapes (length buckets) on first use
+  full_shapes = {name: f.shape for name, f in task.batch(cfg).items()}
   compile_s = None
   if start is None or start < tc.steps:  # before any state exists: a step that cannot fit stops here
     try:
@@ -591,7 +593,7 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
     # batch of a step that an interrupt cut short.
     return {"position": position + (at_step - start) * tc.batch_size, "global_batch": tc.batch_size}
   step = start
-  interval_start, interval_steps, excluded = None, 0, 0.0
+  interval_start, interval_steps, excluded, tokens = None, 0, 0.0, 0
   first_step_s = None  # the first step (its program was compiled ahead, in preflight)
   skips, logged_at = int(jax.device_get(optim.nonfinite_skips(state["opt_state"]))), start
   stop = _StopRequest()
@@ -600,12 +602,16 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
       while step < tc.steps:
         if interval_start is None:
           began = time.perf_counter()
-        batch = to_global(next(it), setup)
-        state, metrics = train_fn(state, batch)
+        host_batch = next(it)
+        counted = task.count_tokens(host_batch)
+        tokens += tokens_per_step if counted is None else counted * jax.process_count()
+        batch = to_global(host_batch, setup)
+        full = all(v.shape[1:] == full_shapes[k] for k, v in host_batch.items())
+        state, metrics = (train_fn if full else jit_train)(state, batch)
         step += 1
         if interval_start is None:  # the first step includes compilation
           jax.block_until_ready(metrics["loss"])
-          interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
+          interval_start, interval_steps, excluded, tokens = time.perf_counter(), 0, 0.0, 0
           first_step_s = interval_start - began
           log(f"step {step}: first step took {first_step_s:.1f}s")
         else:
@@ -617,9 +623,10 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
             record["compile_s"] = compile_s
           if interval_steps:
             elapsed = time.perf_counter() - interval_start - excluded
-            record["tokens_per_sec"] = tokens_per_step * interval_steps / elapsed
+            record["tokens_per_sec"] = tokens / elapsed  # real tokens where the task counts them
             record["steps_per_sec"] = interval_steps / elapsed
             interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
+          tokens = 0
           writer.write(step, record)
           if record["nonfinite_skips"] > skips:
             where = f"step {step}" if step - logged_at == 1 else f"a step in {logged_at + 1}..{step}"

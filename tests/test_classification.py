@@ -318,3 +318,88 @@ def test_minilm_recipe_smoke_cli(tmp_path):
   test = _records(work, "test")
   assert len(test) == 1 and test[0]["examples"] == 1057
   assert (work / "tokenizer.json").exists()
+
+
+def test_length_buckets_cut_padding_not_examples():
+  """Batches keep their rows and order; each is cut to the smallest bucket that
+  holds its longest row, judged over the whole global batch."""
+  from lmjax.data.stream import BatchIterator
+  rng = np.random.default_rng(0)
+  n, t = 40, 32
+  lengths = rng.integers(3, t + 1, n)
+  mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
+  split = finetune.EncodedSplit(mask * 7, np.zeros((n, t), np.int32), mask, rng.integers(0, 2, n).astype(np.int32),
+                                [str(i) for i in range(n)])
+  plain = finetune.ClassificationExamples(split, seed=3)
+  cut = finetune.ClassificationExamples(split, seed=3, buckets=4)
+  assert cut.bucket_lengths == [8, 16, 24, 32]
+  seen = set()
+  for pos in range(0, 80, 8):
+    a = BatchIterator(plain, 8, prefetch=0).batch_at(pos)
+    b = BatchIterator(cut, 8, prefetch=0).batch_at(pos)
+    width = b["input_ids"].shape[1]
+    seen.add(width)
+    assert width in cut.bucket_lengths and a["input_mask"].sum(1).max() <= width
+    assert width == min(w for w in cut.bucket_lengths if w >= a["input_mask"].sum(1).max())
+    for k in ("input_ids", "type_ids", "input_mask"):
+      np.testing.assert_array_equal(b[k], a[k][:, :width])
+      assert not a[k][:, width:].any()
+    np.testing.assert_array_equal(b["label"], a["label"])
+    # Two processes of the global batch cut to the same width.
+    halves = [BatchIterator(cut, 8, process_index=i, process_count=2, prefetch=0).batch_at(pos) for i in range(2)]
+    assert {h["input_ids"].shape[1] for h in halves} == {width}
+  assert len(seen) > 1
+
+
+def test_length_buckets_train_like_full_padding(cls_cfg, tmp_path):
+  # Without dropout: its masks are drawn for the batch's shape, so they differ between the two.
+  short = replace(cls_cfg, model=dict(dropout_rate=0.0, attention_dropout_rate=0.0),
+                  train=dict(steps=30, eval_every=30), checkpoint=dict(every=30), logging=dict(every=10))
+  full = trainer.train(short, tmp_path / "full")
+  cut = trainer.train(replace(short, data=dict(length_buckets=4)), tmp_path / "cut")
+  losses = [[r["loss"] for r in _records(w, "train")] for w in (tmp_path / "full", tmp_path / "cut")]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=2e-4)
+  assert cut["accuracy"] == pytest.approx(full["accuracy"], abs=0.05)
+  with pytest.raises(LmjaxError, match="data.length_buckets=0 must be between 1"):
+    trainer.train(replace(short, data=dict(length_buckets=0)), tmp_path / "bad")
+
+
+def test_group_by_length_is_a_permutation_per_epoch_with_tighter_batches():
+  from lmjax.data.stream import BatchIterator
+  rng = np.random.default_rng(1)
+  n, t, b = 203, 64, 8  # n not a multiple of b: batches straddle epochs
+  lengths = rng.integers(3, t + 1, n)
+  mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
+  split = finetune.EncodedSplit(mask * 7, np.zeros((n, t), np.int32), mask, np.zeros(n, np.int32),
+                                [str(i) for i in range(n)])
+  plain = finetune.ClassificationExamples(split, seed=3, buckets=4)
+  grouped = finetune.ClassificationExamples(split, seed=3, buckets=4, group=5, batch_size=b)
+  for epoch in range(3):
+    rows = [grouped.row(epoch * n + j) for j in range(n)]
+    assert sorted(rows) == list(range(n))  # every row once per epoch
+  again = finetune.ClassificationExamples(split, seed=3, buckets=4, group=5, batch_size=b)
+  assert [again.row(k) for k in range(700, 720)] == [grouped.row(k) for k in range(700, 720)]
+
+  def padding(ex):
+    widths = [BatchIterator(ex, b, prefetch=0).batch_at(p)["input_ids"].shape[1] for p in range(0, 3 * n - b, b)]
+    return sum(widths)
+  assert padding(grouped) < 0.8 * padding(plain)
+
+
+def test_eval_batches_sorted_by_length_cover_each_row_once():
+  rng = np.random.default_rng(2)
+  n, t = 23, 32
+  lengths = rng.integers(2, t + 1, n)
+  mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
+  split = finetune.EncodedSplit(mask * np.arange(1, n + 1)[:, None], np.zeros((n, t), np.int32), mask,
+                                np.zeros(n, np.int32), [str(i) for i in range(n)])
+  order = finetune.eval_order(split, 4)
+  assert list(lengths[order]) == sorted(lengths)
+  batches = [list(finetune.eval_batches(split, 8, i, 2, buckets=4)) for i in range(2)]
+  rows, widths = [], []
+  for a, b in zip(*batches):
+    assert a["input_ids"].shape[1] == b["input_ids"].shape[1]  # both processes cut alike
+    widths.append(a["input_ids"].shape[1])
+    for part in (a, b):
+      rows += [int(r[0]) - 1 for r, w in zip(part["input_ids"], part["weight"]) if w]
+  assert rows == list(order) and widths == sorted(widths) and widths[0] < t

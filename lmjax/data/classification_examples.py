@@ -118,27 +118,96 @@ def prepare(labelled, tok, data_cfg, splits: tuple[str, ...]) -> dict[str, Encod
 
 
 class ClassificationExamples:
-  """The training stream: example k is row perm(seed, k // N)[k % N]."""
+  """The training stream: example k is row perm(seed, k // N)[k % N].
 
-  def __init__(self, split: EncodedSplit, seed: int):
+  With `buckets` > 1 a batch is cut to the smallest of `buckets` equally
+  spaced lengths (up to the split's row length) that holds its longest row,
+  judged over the whole global batch so every process cuts alike
+  (`shape_batch`, called by the batch iterator). With `group` > 0 (and the
+  global `batch_size`), each run of `group` batches of an epoch's order is
+  sorted by length and its batches shuffled (Hugging Face's group_by_length),
+  so a batch holds rows of similar length and the buckets cut more. Either
+  way example k is a pure function of (seed, epoch, k): the stream position
+  still fixes every later batch."""
+
+  def __init__(self, split: EncodedSplit, seed: int, buckets: int = 1, group: int = 0, batch_size: int = 0):
     self.split = split
     self.seed = seed
     self.order = EpochShuffle(len(split), seed, salt=7)
+    self.bucket_lengths = bucket_lengths(split.input_ids.shape[1], buckets)
+    self.lengths = split.input_mask.sum(axis=1)
+    self.group, self.batch_size = (group, batch_size) if group and batch_size else (0, 0)
+    self._grouped: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
     return len(self.split)
 
+  def row(self, k: int) -> int:
+    epoch, j = divmod(int(k), len(self.split))
+    if not self.group:
+      return int(self.order.permutation(epoch)[j])
+    if epoch not in self._grouped:
+      if len(self._grouped) > 4:
+        self._grouped.clear()
+      self._grouped[epoch] = self._group_epoch(epoch)
+    return int(self._grouped[epoch][j])
+
+  def _group_epoch(self, epoch: int) -> np.ndarray:
+    perm = self.order.permutation(epoch)
+    n, b = len(perm), self.batch_size
+    rng = np.random.default_rng([self.seed, epoch, 8])
+    # Batches of the global stream start where (epoch * n + j) % b == 0: groups align with them.
+    first = (-epoch * n) % b
+    edges = [0, *range(first, n, self.group * b), n]
+    out = perm.copy()
+    for lo, hi in zip(edges[:-1], edges[1:]):
+      if hi <= lo:
+        continue
+      chunk = perm[lo:hi][np.argsort(self.lengths[perm[lo:hi]], kind="stable")]
+      blocks = [chunk[i:i + b] for i in range(0, len(chunk), b)]
+      out[lo:hi] = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
+    return out
+
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-    return self.split.rows(self.order(k)[1])
+    return self.split.rows(self.row(k))
+
+  def shape_batch(self, batch: dict[str, np.ndarray], global_indices: range) -> dict[str, np.ndarray]:
+    if len(self.bucket_lengths) == 1:
+      return batch
+    longest = max(int(self.lengths[self.row(k)]) for k in global_indices)
+    cut = next(b for b in self.bucket_lengths if b >= longest)
+    return {k: v[:, :cut] if v.ndim == 2 else v for k, v in batch.items()}
 
 
-def eval_batches(split: EncodedSplit, global_batch: int, process_index: int = 0, process_count: int = 1):
-  """This process's rows of each global batch, in order; the last one padded with weight-0 rows."""
+def bucket_lengths(max_len: int, buckets: int) -> list[int]:
+  """`buckets` equally spaced lengths up to max_len (data.length_buckets)."""
+  return sorted({-(-max_len * (i + 1) // buckets) for i in range(buckets)})
+
+
+def eval_order(split: EncodedSplit, buckets: int) -> np.ndarray:
+  """Rows in the order evaluation walks them: as stored, or (buckets > 1)
+  shortest first, so each batch is cut to a short bucket."""
+  if buckets <= 1:
+    return np.arange(len(split))
+  return np.argsort(split.input_mask.sum(axis=1), kind="stable")
+
+
+def eval_batches(split: EncodedSplit, global_batch: int, process_index: int = 0, process_count: int = 1,
+                 buckets: int = 1):
+  """This process's rows of each global batch, in `eval_order`; the last one
+  padded with weight-0 rows. With buckets > 1 each batch is cut to the
+  smallest bucket length that holds the longest row of its global batch."""
   local = global_batch // process_count
   n = len(split)
+  order = eval_order(split, buckets)
+  widths = bucket_lengths(split.input_ids.shape[1], buckets)
+  lengths = split.input_mask.sum(axis=1)
   for start in range(0, n, global_batch):
     idx = np.arange(start + process_index * local, start + (process_index + 1) * local)
     valid = idx < n
-    batch = split.rows(np.where(valid, idx, 0))
+    batch = split.rows(order[np.where(valid, idx, 0)])
     batch["weight"] = valid.astype(np.float32)
+    if len(widths) > 1:
+      cut = next(w for w in widths if w >= lengths[order[start:start + global_batch]].max())
+      batch = {k: v[:, :cut] if v.ndim == 2 else v for k, v in batch.items()}
     yield batch

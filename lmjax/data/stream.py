@@ -67,7 +67,9 @@ class BatchIterator:
 
   def batch_at(self, position: int) -> dict[str, np.ndarray]:
     start = position + self.offset
-    return stack([self.examples[k] for k in range(start, start + self.local)])
+    batch = stack([self.examples[k] for k in range(start, start + self.local)])
+    shape = getattr(self.examples, "shape_batch", None)  # e.g. cut padding to a length bucket
+    return batch if shape is None else shape(batch, range(position, position + self.global_batch))
 
   def state(self) -> dict:
     return {"position": int(self.position), "global_batch": self.global_batch}

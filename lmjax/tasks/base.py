@@ -132,6 +132,11 @@ class Task:
     raise NotImplementedError
 
   # --- loss and metrics -----------------------------------------------------
+  def count_tokens(self, batch: dict) -> int | None:
+    """Real (not padding) tokens in a host batch, for tokens/s; None: count
+    every slot (train.batch_size x data.max_seq_len per step)."""
+    return None
+
   def denominators(self, batch: dict) -> dict:
     raise NotImplementedError
 

@@ -57,6 +57,11 @@ class Classification(base.Task):
     check_bert_lengths(cfg)
     if cfg.data.truncation not in ("warn", "error"):
       raise LmjaxError(f"data.truncation={cfg.data.truncation!r}: use 'warn' or 'error'.")
+    if not 1 <= cfg.data.length_buckets <= cfg.data.max_seq_len:
+      raise LmjaxError(f"data.length_buckets={cfg.data.length_buckets} must be between 1 (every batch padded to "
+                       f"data.max_seq_len) and data.max_seq_len={cfg.data.max_seq_len}.")
+    if cfg.data.group_by_length < 0:
+      raise LmjaxError(f"data.group_by_length={cfg.data.group_by_length} must be 0 (off) or a number of batches.")
     metric = cfg.checkpoint.best_metric
     if metric and metric not in ("accuracy", "f1", "loss") and metric.split("/")[0] not in (
         "precision", "recall", "f1"):
@@ -102,14 +107,19 @@ class Classification(base.Task):
     names = labelled.names
 
     def report(split):
-      return lambda ctx, params: evaluate(ctx, params, encoded[split], names)
+      return lambda ctx, params: evaluate(ctx, params, encoded[split], names, d.length_buckets)
     pretrained = None
     if src is not None and not resumed:
       log(f"initialising the encoder from {src.path}" + (f" (step {src.step})" if src.step is not None else ""))
       pretrained = runs.backbone_params(src)
-    return base.TaskData(cfg, examples.ClassificationExamples(encoded["train"], cfg.train.seed),
+    train = examples.ClassificationExamples(encoded["train"], cfg.train.seed, buckets=d.length_buckets,
+                                            group=d.group_by_length, batch_size=cfg.train.batch_size)
+    return base.TaskData(cfg, train,
                          report(d.eval_split), report(d.test_split) if has_test else None,
                          best_metric=cfg.checkpoint.best_metric or "accuracy", pretrained=pretrained)
+
+  def count_tokens(self, batch: dict) -> int:
+    return int(np.count_nonzero(batch["input_mask"]))
 
   def denominators(self, batch: dict) -> dict:
     return {"cls": jnp.maximum(batch["weight"].astype(jnp.float32).sum(), 1.0)}
@@ -131,13 +141,16 @@ class Classification(base.Task):
     return format_report(report, title)
 
 
-def evaluate(ctx: base.EvalContext, params, split, names) -> dict:
-  """The classification report over a whole split, evaluated in order."""
+def evaluate(ctx: base.EvalContext, params, split, names, buckets: int = 1) -> dict:
+  """The classification report over a whole split (shortest rows first, cut
+  to length buckets, when `buckets` > 1)."""
   from lmjax.data import classification_examples as examples  # noqa: PLC0415
   probs = []
-  for batch in examples.eval_batches(split, ctx.batch_size, ctx.process_index, ctx.process_count):
+  for batch in examples.eval_batches(split, ctx.batch_size, ctx.process_index, ctx.process_count, buckets):
     probs.append(np.asarray(jax.device_get(ctx.step(params, ctx.put(batch))["probs"])))
-  probs = np.concatenate(probs)[:len(split)]  # global rows in order; padding rows at the end
+  walked = np.concatenate(probs)[:len(split)]  # global rows in eval order; padding rows at the end
+  probs = np.empty_like(walked)
+  probs[examples.eval_order(split, buckets)] = walked
   return classification_report(split.label, probs, names)
 
 
