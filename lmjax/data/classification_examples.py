@@ -174,14 +174,18 @@ class ClassificationExamples:
   def shape_batch(self, batch: dict[str, np.ndarray], global_indices: range) -> dict[str, np.ndarray]:
     if len(self.bucket_lengths) == 1:
       return batch
-    longest = max(int(self.lengths[self.row(k)]) for k in global_indices)
-    cut = next(b for b in self.bucket_lengths if b >= longest)
-    return {k: v[:, :cut] if v.ndim == 2 else v for k, v in batch.items()}
+    return cut_to_bucket(batch, self.bucket_lengths, max(int(self.lengths[self.row(k)]) for k in global_indices))
 
 
 def bucket_lengths(max_len: int, buckets: int) -> list[int]:
   """`buckets` equally spaced lengths up to max_len (data.length_buckets)."""
   return sorted({-(-max_len * (i + 1) // buckets) for i in range(buckets)})
+
+
+def cut_to_bucket(batch: dict[str, np.ndarray], widths: list[int], longest: int) -> dict[str, np.ndarray]:
+  """The batch's [rows, T] fields cut to the smallest of `widths` that holds `longest` tokens."""
+  cut = next(w for w in widths if w >= longest)
+  return {k: v[:, :cut] if v.ndim == 2 else v for k, v in batch.items()}
 
 
 def eval_order(split: EncodedSplit, buckets: int) -> np.ndarray:
@@ -208,6 +212,5 @@ def eval_batches(split: EncodedSplit, global_batch: int, process_index: int = 0,
     batch = split.rows(order[np.where(valid, idx, 0)])
     batch["weight"] = valid.astype(np.float32)
     if len(widths) > 1:
-      cut = next(w for w in widths if w >= lengths[order[start:start + global_batch]].max())
-      batch = {k: v[:, :cut] if v.ndim == 2 else v for k, v in batch.items()}
+      batch = cut_to_bucket(batch, widths, int(lengths[order[start:start + global_batch]].max()))
     yield batch
