@@ -57,6 +57,10 @@ class DataConfig:
   max_seq_len: int = 128
   # Sentences sampled to train the sentencepiece model (0 = all).
   tokenizer_sentences: int = 200_000
+  # The sentencepiece model trained for a run from scratch: "unigram"
+  # (sub-words) or "char" (one piece per character, no word-start marker:
+  # Chinese, whose entity tags are per character, as Google's Chinese BERT).
+  tokenizer_model: str = "unigram"
   # Examples prepared ahead of the device in a background thread.
   prefetch: int = 2
 
@@ -142,7 +146,7 @@ class DataConfig:
 
 # DataConfig's fields by pipeline (the headings above); every field is in exactly one group.
 DATA_GROUPS: dict[str, tuple[str, ...]] = {
-    "common": ("dataset", "cache_dir", "max_seq_len", "tokenizer_sentences", "prefetch"),
+    "common": ("dataset", "cache_dir", "max_seq_len", "tokenizer_sentences", "tokenizer_model", "prefetch"),
     "corpus": ("text_dir", "doc_split", "on_decode_error"),
     "bert_examples": ("max_predictions_per_seq", "mask_prob", "short_seq_prob", "random_next_prob"),
     "span_corruption": ("noise_density", "mean_noise_span_length"),

@@ -1,10 +1,16 @@
-"""Classify new text with a fine-tuned run.
+"""Classify or tag new text with a fine-tuned run.
 
   python -m lmjax.predict --workdir runs/minilm_sentiment "a gorgeous, witty, seductive movie." ...
   cat reviews.txt | python -m lmjax.predict --workdir runs/minilm_sentiment
+  python -m lmjax.predict --workdir runs/bert_zh_ner "江泽民在北京会见了克林顿。"
 
-Prints one line per input: label, its probability, and the text (or a JSON
-object per line with --json). Without texts on the command line, reads one
+A classification run prints one line per input: label, its probability, and
+the text. A token-classification run prints the text and then each entity it
+found as TYPE<TAB>words; new text is split into words as
+`lmjax.data.tagging.split_words` says (each CJK character alone, runs of
+letters and digits, punctuation marks). --json prints one JSON object per
+input instead (a tagging run's holds the entities with character offsets and
+mean probabilities, the words and their tags). Without texts on the command line, reads one
 per line from stdin; for a sentence-pair run, a line holds "text<TAB>pair".
 Uses the workdir's best checkpoint (WORKDIR/best) if it keeps one, else the
 latest, unless --checkpoint says otherwise; everything else (config, tokenizer, labels) also comes from the
@@ -43,7 +49,7 @@ class Classifier:
     src = runs.inspect(workdir)
     if src.config is None or tasks.get(src.config.train.objective).predict is None:
       what = f"trained train.objective={src.config.train.objective!r}" if src.config else "is not an lmjax run"
-      raise LmjaxError(f"{workdir} {what}; lmjax.predict needs a classification (fine-tuning) run.")
+      raise LmjaxError(f"{workdir} {what}; lmjax.predict needs a classification or token_classification (fine-tuning) run.")
     cfg = src.config
     self.task = tasks.get(cfg.train.objective)
     self.cfg = cfg
@@ -79,10 +85,54 @@ class Classifier:
     return np.concatenate(out)[:len(texts)], enc.truncated
 
 
+class Tagger(Classifier):
+  """A token-classification run, ready to tag new text."""
+
+  def tag(self, texts: list[str]) -> tuple[list[dict], int]:
+    """Per text: {"text", "words", "tags", "entities": [{"type", "text", "start", "end", "probability"}]}
+    (character offsets into the text), and the number of inputs cut off by data.max_seq_len."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from lmjax import sharding as sh  # noqa: PLC0415
+    from lmjax.data import classification_examples as examples  # noqa: PLC0415
+    from lmjax.data import tagging  # noqa: PLC0415
+
+    spans = [tagging.split_words(t) for t in texts]
+    enc = tagging.encode(self.tok, [[w for w, _, _ in s] for s in spans], None, self.cfg.data.max_seq_len)
+    tags, probs = [], []
+    with jax.set_mesh(self.mesh):
+      for batch in examples.eval_batches(enc, self.batch_size):
+        batch = {k: jax.device_put(v, sh.batch_sharding(self.mesh, v.ndim)) for k, v in batch.items()}
+        out = jax.device_get(self._fn(self.params, batch))
+        tags.append(np.asarray(out["tag"]))
+        probs.append(np.asarray(out["prob"]))
+    tags, probs = np.concatenate(tags)[:len(texts)], np.concatenate(probs)[:len(texts)]
+    word_tags = tagging.word_predictions(enc, tags)
+    word_probs = [np.where(first >= 0, probs[i, np.maximum(first, 0)], 0.0) for i, first in enumerate(enc.first)]
+    results = []
+    for text, span, wt, wp in zip(texts, spans, word_tags, word_probs):
+      names = [self.names[t] for t in wt]
+      found = [{"type": kind, "text": text[span[a][1]:span[b - 1][2]], "start": span[a][1], "end": span[b - 1][2],
+                "probability": float(np.mean(wp[a:b]))} for kind, a, b in tagging.entities(names)]
+      results.append({"text": text, "words": [w for w, _, _ in span], "tags": names, "entities": found})
+    return results, enc.truncated
+
+
+def open_run(workdir, checkpoint: str = "auto", batch_size: int = 32, mesh: str | None = None,
+             rules: str | None = None) -> Classifier:
+  """A Tagger for a token-classification run, else a Classifier."""
+  from lmjax import runs  # noqa: PLC0415
+  src = runs.inspect(workdir)
+  kind = Tagger if src.config is not None and src.config.train.objective == "token_classification" else Classifier
+  return kind(workdir, checkpoint, batch_size, mesh, rules)
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="a fine-tuning run directory")
+  parser.add_argument("--workdir", required=True, help="a fine-tuning run directory (classification or "
+                      "token_classification)")
   parser.add_argument("--checkpoint", default="auto",
                       help="'best', 'latest', a step number, or 'auto' (default: best if the run keeps one, else latest)")
   parser.add_argument("--batch-size", type=int, default=32)
@@ -95,7 +145,18 @@ def main(argv: list[str] | None = None) -> int:
   texts = args.texts if args.texts else [line.rstrip("\n") for line in sys.stdin if line.strip()]
   if not texts:
     raise LmjaxError("Nothing to classify: give texts as arguments or lines on stdin.")
-  clf = Classifier(args.workdir, args.checkpoint, args.batch_size, args.mesh, args.rules)
+  clf = open_run(args.workdir, args.checkpoint, args.batch_size, args.mesh, args.rules)
+  if isinstance(clf, Tagger):
+    results, truncated = clf.tag(texts)
+    if truncated:
+      log(f"warning: {truncated} input(s) longer than {clf.cfg.data.max_seq_len} pieces were cut; their last "
+          "words are tagged O")
+    for r in results:
+      if args.json:
+        print(json.dumps(r, ensure_ascii=False))
+      else:
+        print("\t".join([r["text"], *(f"{e['type']} {e['text']}" for e in r["entities"])]))
+    return 0
   pairs = None
   if clf.cfg.data.text_pair_column:
     split = [t.split("\t", 1) for t in texts]

@@ -74,7 +74,9 @@ def tokenizer_fingerprint(tok: tk.Tokenizer) -> str:
 
 def tokenizer_cache_name(identity: str, cfg, vocab_size: int | None = None) -> str:
   """File name of a cached sentencepiece model trained on data set `identity` for this run."""
-  return f"{identity}-v{vocab_size or cfg.model.vocab_size}-s{cfg.train.seed}-n{cfg.data.tokenizer_sentences}.model"
+  kind = "" if cfg.data.tokenizer_model == "unigram" else f"-{cfg.data.tokenizer_model}"
+  return (f"{identity}-v{vocab_size or cfg.model.vocab_size}-s{cfg.train.seed}-n{cfg.data.tokenizer_sentences}"
+          f"{kind}.model")
 
 
 def prepare(cfg, workdir: Path, splits=("train", "validation"), vocab_size: int | None = None
@@ -88,7 +90,7 @@ def prepare(cfg, workdir: Path, splits=("train", "validation"), vocab_size: int 
   vocab_size = vocab_size or cfg.model.vocab_size
   tok = tk.for_run(Path(workdir), cache / "tokenizers" / tokenizer_cache_name(identity, cfg, vocab_size),
                    lambda: corpus_sentences(sources["train"]), vocab_size, seed=cfg.train.seed,
-                   max_sentences=cfg.data.tokenizer_sentences)
+                   max_sentences=cfg.data.tokenizer_sentences, model_type=cfg.data.tokenizer_model)
   fp = tokenizer_fingerprint(tok)
   corpora = {split: TokenizedCorpus.build(sources[split], tok, cache / "tokens" / f"{identity}-{split}-{fp}.npz")
              for split in splits}

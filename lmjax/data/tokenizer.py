@@ -71,18 +71,28 @@ class Tokenizer:
     return self.sp.Decode([int(i) for i in ids])
 
 
-def train(sentences: list[str], vocab_size: int, out_path: Path, *, seed: int, max_sentences: int) -> Tokenizer:
-  """Trains a unigram sentencepiece model on `sentences` (sampled if too many)."""
+MODEL_TYPES = ("unigram", "char")
+
+
+def train(sentences: list[str], vocab_size: int, out_path: Path, *, seed: int, max_sentences: int,
+          model_type: str = "unigram") -> Tokenizer:
+  """Trains a sentencepiece model on `sentences` (sampled if too many):
+  "unigram" sub-words, or "char": one piece per character (the most frequent
+  characters up to `vocab_size`, the rest [UNK]) and no word-start marker, so
+  a text's pieces are its characters and per-character tags stay aligned."""
+  if model_type not in MODEL_TYPES:
+    raise LmjaxError(f"data.tokenizer_model={model_type!r}: use one of {', '.join(MODEL_TYPES)}.")
   if vocab_size <= NUM_SPECIAL + 1:
     raise LmjaxError(f"model.vocab_size={vocab_size} is too small for a tokenizer; use at least a few hundred.")
   if max_sentences and len(sentences) > max_sentences:
     rng = np.random.default_rng(seed)
     sentences = [sentences[i] for i in sorted(rng.choice(len(sentences), max_sentences, replace=False))]
-  log(f"training a sentencepiece tokenizer (vocabulary {vocab_size}) on {len(sentences):,} sentences")
+  log(f"training a sentencepiece {model_type} tokenizer (vocabulary {vocab_size}) on {len(sentences):,} sentences")
   spm.set_random_generator_seed(seed)
   model = io.BytesIO()
   spm.SentencePieceTrainer.Train(
-      sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+      sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+      add_dummy_prefix=model_type != "char",
       pad_id=PAD, unk_id=UNK, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
       user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
       # A small corpus may not support the requested size: take what it has.
@@ -96,7 +106,7 @@ def train(sentences: list[str], vocab_size: int, out_path: Path, *, seed: int, m
 
 
 def for_run(workdir: Path, cache_path: Path, sentences_fn, vocab_size: int, *, seed: int,
-            max_sentences: int) -> Tokenizer:
+            max_sentences: int, model_type: str = "unigram") -> Tokenizer:
   """The run's tokenizer: the workdir's if present, else cached or trained."""
   workdir.mkdir(parents=True, exist_ok=True)
   run_path = workdir / "tokenizer.model"
@@ -104,7 +114,7 @@ def for_run(workdir: Path, cache_path: Path, sentences_fn, vocab_size: int, *, s
     tok = Tokenizer.load(run_path)
   else:
     if not cache_path.exists():
-      train(sentences_fn(), vocab_size, cache_path, seed=seed, max_sentences=max_sentences)
+      train(sentences_fn(), vocab_size, cache_path, seed=seed, max_sentences=max_sentences, model_type=model_type)
     shutil.copyfile(cache_path, run_path)
     tok = Tokenizer.load(run_path)
   if tok.vocab_size > vocab_size:

@@ -219,9 +219,30 @@ class BertForSequenceClassification(nnx.Module):
     return self.classifier(pooled_bd).astype(jnp.float32)
 
 
+class BertForTokenClassification(nnx.Module):
+  """BERT + a linear tagger over every position's hidden state (Devlin et al. 2019, sec. 5.3).
+
+  The encoder keeps its pooler (unused here) so the `bert` subtree is the
+  same as in the other BERT models and moves between them unchanged."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.bert = BertModel(cfg, rngs=rngs)
+    self.classifier = L.Dense(cfg.hidden_size, cfg.num_labels, ("embed", "classes"), init_std=cfg.init_std,
+                              rngs=rngs)
+
+  def __call__(self, ids_bt: Array, type_ids_bt: Array, mask_bt: Array, *, rng: Array | None = None) -> Array:
+    """Tag logits [B, T, num_labels], float32."""
+    r_bert, r_out = L.split_rng(rng, 2)
+    hidden_btd, _ = self.bert(ids_bt, type_ids_bt, mask_bt, rng=r_bert)
+    hidden_btd = L.dropout(hidden_btd, self.cfg.dropout_rate, r_out)
+    return self.classifier(hidden_btd).astype(jnp.float32)
+
+
 FAMILY = Family(
     name="bert", config=BertConfig,
-    models={"pretraining": BertForPreTraining, "classification": BertForSequenceClassification},
+    models={"pretraining": BertForPreTraining, "classification": BertForSequenceClassification,
+            "token_classification": BertForTokenClassification},
     converter="lmjax.convert.bert", hf_model_types=("bert",),
     arch_fields=("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_position_embeddings",
                  "type_vocab_size", "layer_norm_eps", "pre_ln"),

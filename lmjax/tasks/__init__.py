@@ -19,8 +19,9 @@ from lmjax.tasks.causal_lm import CausalLm
 from lmjax.tasks.classification import Classification
 from lmjax.tasks.seq2seq import Seq2Seq
 from lmjax.tasks.span_corruption import SpanCorruption
+from lmjax.tasks.token_classification import TokenClassification
 
-_BUILTIN = (MlmNsp(), Mlm(), CausalLm(), SpanCorruption(), Classification(), Seq2Seq())
+_BUILTIN = (MlmNsp(), Mlm(), CausalLm(), SpanCorruption(), Classification(), TokenClassification(), Seq2Seq())
 TASKS: dict[str, Task] = {t.name: t for t in _BUILTIN}
 
 

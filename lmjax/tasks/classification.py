@@ -53,15 +53,7 @@ class Classification(base.Task):
     return Workload(cfg.data.max_seq_len, predictions_per_seq=0)
 
   def check(self, cfg) -> None:
-    from lmjax.tasks.bert_pretraining import check_bert_lengths  # noqa: PLC0415
-    check_bert_lengths(cfg)
-    if cfg.data.truncation not in ("warn", "error"):
-      raise LmjaxError(f"data.truncation={cfg.data.truncation!r}: use 'warn' or 'error'.")
-    if not 1 <= cfg.data.length_buckets <= cfg.data.max_seq_len:
-      raise LmjaxError(f"data.length_buckets={cfg.data.length_buckets} must be between 1 (every batch padded to "
-                       f"data.max_seq_len) and data.max_seq_len={cfg.data.max_seq_len}.")
-    if cfg.data.group_by_length < 0:
-      raise LmjaxError(f"data.group_by_length={cfg.data.group_by_length} must be 0 (off) or a number of batches.")
+    check_labelled_batches(cfg)
     metric = cfg.checkpoint.best_metric
     if metric and metric not in ("accuracy", "f1", "loss") and metric.split("/")[0] not in (
         "precision", "recall", "f1"):
@@ -93,7 +85,7 @@ class Classification(base.Task):
       texts = lambda: examples.read_split(labelled, "train")[0]  # noqa: E731
       cache = fetch.cache_root(d.cache_dir) / "tokenizers" / tokenizer_cache_name(labelled.identity, cfg)
       tok = tk.for_run(workdir, cache, texts, cfg.model.vocab_size, seed=cfg.train.seed,
-                       max_sentences=d.tokenizer_sentences)
+                       max_sentences=d.tokenizer_sentences, model_type=d.tokenizer_model)
     if tok.vocab_size > cfg.model.vocab_size:
       raise LmjaxError(f"The tokenizer ({tok.vocab_size} tokens) does not fit the model's vocabulary "
                        f"(model.vocab_size={cfg.model.vocab_size}); they must come from the same checkpoint.")
@@ -139,6 +131,19 @@ class Classification(base.Task):
 
   def format_report(self, report: dict, title: str) -> str:
     return format_report(report, title)
+
+
+def check_labelled_batches(cfg) -> None:
+  """The checks every task on labelled rows shares (lengths, truncation, buckets)."""
+  from lmjax.tasks.bert_pretraining import check_bert_lengths  # noqa: PLC0415
+  check_bert_lengths(cfg)
+  if cfg.data.truncation not in ("warn", "error"):
+    raise LmjaxError(f"data.truncation={cfg.data.truncation!r}: use 'warn' or 'error'.")
+  if not 1 <= cfg.data.length_buckets <= cfg.data.max_seq_len:
+    raise LmjaxError(f"data.length_buckets={cfg.data.length_buckets} must be between 1 (every batch padded to "
+                     f"data.max_seq_len) and data.max_seq_len={cfg.data.max_seq_len}.")
+  if cfg.data.group_by_length < 0:
+    raise LmjaxError(f"data.group_by_length={cfg.data.group_by_length} must be 0 (off) or a number of batches.")
 
 
 def evaluate(ctx: base.EvalContext, params, split, names, buckets: int = 1) -> dict:

@@ -289,7 +289,7 @@ class Seq2Seq(base.Task):
       train = data.splits["train"]
       cache = fetch.cache_root(d.cache_dir) / "tokenizers" / tokenizer_cache_name(data.identity + "-pairs", cfg)
       tok = tk.for_run(workdir, cache, lambda: train.inputs + train.targets, cfg.model.vocab_size,
-                       seed=cfg.train.seed, max_sentences=d.tokenizer_sentences)
+                       seed=cfg.train.seed, max_sentences=d.tokenizer_sentences, model_type=d.tokenizer_model)
     if tok.vocab_size > cfg.model.vocab_size:
       raise LmjaxError(f"The tokenizer ({tok.vocab_size} tokens) does not fit the model's vocabulary "
                        f"(model.vocab_size={cfg.model.vocab_size}); they must come from the same checkpoint.")
