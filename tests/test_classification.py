@@ -318,6 +318,19 @@ def test_minilm_recipe_smoke_cli(tmp_path):
   test = _records(work, "test")
   assert len(test) == 1 and test[0]["examples"] == 1057
   assert (work / "tokenizer.json").exists()
+  # Exported, the WordPiece run loads in transformers and classifies alike.
+  import torch
+  import transformers
+
+  from lmjax import export, predict
+  hf = export.export(work, tmp_path / "hf")
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(str(hf)).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf))
+  texts = ["A gorgeous, witty, seductive movie.", "Dull and lifeless."]
+  probs, _ = predict.Classifier(work).predict(texts)
+  with torch.no_grad():
+    got = torch.softmax(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+  np.testing.assert_allclose(got, probs, atol=2e-5)
 
 
 def test_length_buckets_cut_padding_not_examples():

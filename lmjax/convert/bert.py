@@ -130,23 +130,46 @@ def load_pretrained(model_dir: str | Path) -> tuple[BertConfig, dict[tuple, np.n
   return cfg, out
 
 
-def save_pretrained(model_dir: str | Path, cfg: BertConfig, params: dict) -> Path:
-  """Writes a BertForPreTraining directory (config.json + model.safetensors)."""
+# lmjax model kind -> the transformers class its export loads into.
+EXPORTS = {"pretraining": "BertForPreTraining", "classification": "BertForSequenceClassification",
+           "token_classification": "BertForTokenClassification"}
+
+
+def save_pretrained(model_dir: str | Path, cfg: BertConfig, params: dict, *, kind: str = "pretraining",
+                    labels: tuple[str, ...] = ()) -> Path:
+  """Writes a Hugging Face directory (config.json + model.safetensors) of the
+  class `EXPORTS[kind]`: the encoder with the MLM + NSP heads, or with the
+  sequence / token classifier (`labels` become id2label)."""
   from safetensors.numpy import save_file  # noqa: PLC0415
 
   if cfg.pre_ln:
     raise LmjaxError("Hugging Face BERT is post-LN; a pre_ln=True model has no equivalent to export.")
+  if kind not in EXPORTS:
+    raise LmjaxError(f"A BERT {kind!r} model has no Hugging Face counterpart; exportable: {', '.join(EXPORTS)}.")
   root = Path(model_dir)
   root.mkdir(parents=True, exist_ok=True)
   tensors = {}
   for m in _encoder_maps(cfg):
+    if kind == "token_classification" and m.hf.startswith("pooler."):
+      continue  # transformers' tagger has no pooler (add_pooling_layer=False)
     tensors["bert." + m.hf] = _get(params, ("bert",) + m.path, m.to_hf, cfg)
-  for m in _head_maps():
-    tensors[m.hf] = _get(params, m.path, m.to_hf, cfg)
-  # transformers ties the decoder to the word embeddings; it expects both names.
-  tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
-  tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"]
+  hf_cfg = config_to_hf(cfg)
+  hf_cfg["architectures"] = [EXPORTS[kind]]
+  if kind == "pretraining":
+    for m in _head_maps():
+      tensors[m.hf] = _get(params, m.path, m.to_hf, cfg)
+    # transformers ties the decoder to the word embeddings; it expects both names.
+    tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
+    tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"]
+  else:
+    for m in _dense("classifier", ("classifier",)):
+      tensors[m.hf] = _get(params, m.path, m.to_hf, cfg)
+    names = list(labels) or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+    if len(names) != cfg.num_labels:
+      raise LmjaxError(f"{len(names)} label names for a classifier of {cfg.num_labels} classes.")
+    hf_cfg.update(num_labels=cfg.num_labels, id2label={str(i): n for i, n in enumerate(names)},
+                  label2id={n: i for i, n in enumerate(names)}, classifier_dropout=None)
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(root / "model.safetensors"),
             metadata={"format": "pt"})
-  (root / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
+  (root / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
   return root

@@ -173,10 +173,17 @@ def load_pretrained(model_dir: str | Path) -> tuple[GptConfig, dict[tuple, np.nd
   return cfg, out
 
 
-def save_pretrained(model_dir: str | Path, cfg: GptConfig, params: dict, *, eos_token_id: int | None = None) -> Path:
+EXPORTS = {"pretraining": "GPT2LMHeadModel or LlamaForCausalLM"}
+
+
+def save_pretrained(model_dir: str | Path, cfg: GptConfig, params: dict, *, eos_token_id: int | None = None,
+                    kind: str = "pretraining", labels: tuple[str, ...] = ()) -> Path:
   """Writes a GPT2LMHeadModel or LlamaForCausalLM directory (config.json + model.safetensors)."""
   from safetensors.numpy import save_file  # noqa: PLC0415
 
+  del labels
+  if kind not in EXPORTS:
+    raise LmjaxError(f"A decoder {kind!r} model has no Hugging Face counterpart; exportable: {', '.join(EXPORTS)}.")
   root = Path(model_dir)
   root.mkdir(parents=True, exist_ok=True)
   gpt2 = flavour(cfg) == "gpt2"

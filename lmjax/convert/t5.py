@@ -102,10 +102,17 @@ def load_pretrained(model_dir: str | Path) -> tuple[T5Config, dict[tuple, np.nda
                         f"a {cfg.num_layers}+{cfg.num_decoder_layers}-layer {flavour} model")
 
 
-def save_pretrained(model_dir: str | Path, cfg: T5Config, params: dict) -> Path:
+EXPORTS = {"seq2seq": "T5ForConditionalGeneration"}
+
+
+def save_pretrained(model_dir: str | Path, cfg: T5Config, params: dict, *, kind: str = "seq2seq",
+                    labels: tuple[str, ...] = ()) -> Path:
   """Writes a T5ForConditionalGeneration directory (config.json + model.safetensors)."""
   from safetensors.numpy import save_file  # noqa: PLC0415
 
+  del labels
+  if kind not in EXPORTS:
+    raise LmjaxError(f"A T5 {kind!r} model has no Hugging Face counterpart; exportable: {', '.join(EXPORTS)}.")
   root = Path(model_dir)
   root.mkdir(parents=True, exist_ok=True)
   tensors = export_maps(_maps(cfg), params, cfg)

@@ -245,3 +245,65 @@ def load_for_run(workdir: Path) -> Tokenizer | HfTokenizer:
   if (workdir / "vocab.json").exists() and (workdir / "merges.txt").exists():  # a GPT-2 directory
     return HfTokenizer.from_bpe_files(workdir / "vocab.json", workdir / "merges.txt")
   raise LmjaxError(f"{workdir} has no tokenizer ({' or '.join(RUN_FILES)}); is it an lmjax run directory?")
+
+
+def sentencepiece_as_hf(path: Path):
+  """lmjax's sentencepiece model as a `tokenizers.Tokenizer` that cuts text
+  the same way: the Unigram model with sentencepiece's own pieces and scores,
+  its normalisation (the precompiled NFKC map, whitespace trimmed and
+  collapsed), the word-start marker only where the model adds one (a "char"
+  model does not), and [CLS] / [SEP] / [MASK] kept whole."""
+  from sentencepiece import sentencepiece_model_pb2  # noqa: PLC0415
+  from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers  # noqa: PLC0415
+  from tokenizers import Tokenizer as _Tokenizers  # noqa: PLC0415
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(Path(path).read_bytes())
+  spec = proto.normalizer_spec
+  tok = _Tokenizers(models.Unigram([(p.piece, p.score) for p in proto.pieces], proto.trainer_spec.unk_id,
+                                   proto.trainer_spec.byte_fallback))
+  steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+  if spec.remove_extra_whitespaces:
+    steps += [normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")]
+  tok.normalizer = normalizers.Sequence(steps)
+  scheme = "always" if spec.add_dummy_prefix else "never"
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+  tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+  from tokenizers import AddedToken  # noqa: PLC0415
+  tok.add_special_tokens([AddedToken(p, special=True) for p in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")])
+  return tok
+
+
+def save_for_transformers(tok, out_dir: Path, *, encoder: bool, model_max_length: int) -> None:
+  """Writes tokenizer.json + tokenizer_config.json that `transformers.AutoTokenizer`
+  loads (as PreTrainedTokenizerFast) and that cut text as `tok` does; with
+  `encoder`, `tokenizer(text)` adds [CLS] ... [SEP] (and a pair's segment ids)."""
+  import json  # noqa: PLC0415
+
+  from tokenizers import processors  # noqa: PLC0415
+
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  if isinstance(tok, Tokenizer):
+    hf = sentencepiece_as_hf(tok.path)
+    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                "mask_token": "[MASK]"}
+    if encoder:
+      hf.post_processor = processors.TemplateProcessing(
+          single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+          special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)])
+    else:
+      specials["eos_token"] = "[SEP]"
+  else:
+    from tokenizers import Tokenizer as _Tokenizers  # noqa: PLC0415
+    hf = _Tokenizers.from_str(tok.tok.to_str())  # a copy: the run's tokenizer keeps its settings
+    specials = {}
+    for key, name in (("pad_token", "[PAD]"), ("unk_token", "[UNK]"), ("cls_token", "[CLS]"),
+                      ("sep_token", "[SEP]"), ("mask_token", "[MASK]")):
+      if hf.token_to_id(name) is not None:
+        specials[key] = name
+    if not encoder and tok.eos_id is not None:
+      specials["eos_token"] = hf.id_to_token(tok.eos_id)
+  hf.save(str(out_dir / "tokenizer.json"))
+  settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length, **specials}
+  (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
