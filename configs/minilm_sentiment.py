@@ -8,7 +8,10 @@ About 20 minutes on a 2-core CPU:
   python train.py --config configs/minilm_sentiment.py --workdir runs/minilm_sentiment
   python -m lmjax.predict --workdir runs/minilm_sentiment "a gorgeous, witty, seductive movie."
 
-`--config configs/minilm_sentiment.py:smoke` trains a few steps (a wiring check).
+`--config configs/minilm_sentiment.py:zh` fine-tunes the same weights on
+Chinese review sentiment (the split of configs/bert_zh_sentiment.py; MiniLM's
+WordPiece vocabulary holds CJK characters one per piece): one epoch, padding
+cut by length buckets. `:smoke` trains a few steps (a wiring check).
 """
 
 import dataclasses
@@ -37,10 +40,17 @@ def get_config(arg=None):
       checkpoint=CheckpointConfig(every=132, keep=1, best_metric="accuracy"),
       logging=LoggingConfig(every=22),
   )
-  if arg == "smoke":
+  if arg == "zh":
+    # 13,891 training sentences / 32 = 434 steps: one epoch.
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, dataset="chinese_review_sentiment", max_seq_len=128, length_buckets=4,
+                                      group_by_length=50),
+        train=dataclasses.replace(cfg.train, steps=434, warmup_steps=43, eval_every=217),
+        checkpoint=dataclasses.replace(cfg.checkpoint, every=217), logging=dataclasses.replace(cfg.logging, every=31))
+  elif arg == "smoke":
     cfg = dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, steps=4, batch_size=16, warmup_steps=1, eval_every=2),
         checkpoint=dataclasses.replace(cfg.checkpoint, every=2), logging=dataclasses.replace(cfg.logging, every=1))
   elif arg is not None:
-    raise ValueError(f"unknown argument {arg!r}; use 'smoke' or nothing")
+    raise ValueError(f"unknown argument {arg!r}; use 'zh', 'smoke' or nothing")
   return cfg

@@ -253,3 +253,39 @@ def test_token_classification_config_errors(ner_cfg, tmp_path):
     trainer.train(replace(ner_cfg, checkpoint=dict(best_metric="accuracy")), tmp_path / "b")
   with pytest.raises(LmjaxError, match="has no word tags"):
     trainer.train(replace(ner_cfg, data=dict(dataset="sentence_polarity")), tmp_path / "c")
+
+
+@pytest.mark.xdist_group("default_cache")
+@pytest.mark.slow
+def test_chinese_recipes_smoke_cli(tmp_path):
+  """bert_zh_pretrain -> bert_zh_ner and bert_zh_sentiment (:smoke) through train.py, then predict, export, plot."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+  def run(*argv):
+    out = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+  pre = tmp_path / "bert_zh"
+  run("train.py", "--config", "configs/bert_zh_pretrain.py:smoke", "--workdir", str(pre))
+  tok = tk.load_for_run(pre)
+  assert tok.encode(["江泽民在北京"])[0] == [tok.sp.PieceToId(c) for c in "江泽民在北京"]  # one piece per character
+  ner = tmp_path / "ner"
+  out = run("train.py", "--config", "configs/bert_zh_ner.py:smoke", "--workdir", str(ner),
+            "--set", f"train.init_from={pre}")
+  assert "Entity F1: " in out.stdout and "PER" in out.stdout
+  test = [json.loads(line) for line in (ner / "metrics.jsonl").read_text().splitlines()][-1]
+  assert test["split"] == "test" and {"f1", "precision", "recall", "f1/PER", "f1/LOC", "f1/ORG",
+                                      "token_accuracy"} <= set(test)
+  assert test["entities"] > 4000  # the People's Daily test split
+  out = run("-m", "lmjax.predict", "--workdir", str(ner), "--json", "江泽民在北京会见了联合国秘书长安南。")
+  got = json.loads(out.stdout)
+  assert len(got["tags"]) == len(got["words"]) == 18
+  sentiment = tmp_path / "sentiment"
+  out = run("train.py", "--config", "configs/bert_zh_sentiment.py:smoke", "--workdir", str(sentiment),
+            "--set", f"train.init_from={pre}", "--set", "data.eval_split=test")
+  assert "Accuracy: " in out.stdout
+  run("-m", "lmjax.export", "--workdir", str(ner), "--out", str(tmp_path / "hf_ner"))
+  assert json.loads((tmp_path / "hf_ner" / "config.json").read_text())["id2label"]["5"] == "B-PER"
+  out = run("-m", "lmjax.plot", str(sentiment), str(ner), "--out", str(tmp_path / "charts"))
+  assert (tmp_path / "charts" / "confusion_sentiment.png").exists() and (tmp_path / "charts" / "eval_f1.png").exists()
