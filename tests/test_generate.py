@@ -134,3 +134,33 @@ def test_parameters_split_over_a_mesh_decode_the_same(family):
   beams = gen.beam_search(search=search, stop_ids=(STOP,), **kw)
   assert beams.sequences == alone.sequences
   np.testing.assert_allclose(beams.scores, alone.scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length_penalty, early_stopping", [(1.0, True), (0.0, True), (2.0, False)])
+def test_beam_search_matches_transformers_generate(tmp_path, length_penalty, early_stopping):
+  """The same decoder exported to transformers: `generate(num_beams=4, num_return_sequences=3)` returns
+  the same n-best sequences with the same length-normalised scores, with and without a stop token."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from lmjax.convert import gpt as convert
+  cfg, _, params = _gpt()
+  prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
+  gen = Generator(cfg, params)
+  # a stop token the search meets: the third token greedy decoding writes
+  stop = gen.generate(prompts[:1], Sampling(3, 0.0)).tokens[0][2]
+  convert.save_pretrained(tmp_path, cfg, jax.tree.map(np.asarray, nnx.to_pure_dict(params)), eos_token_id=stop)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+  search = BeamSearch(4, 3, length_penalty, early_stopping, 8)
+  got = gen.beam_search(prompts, search, stop_ids=(stop,))
+  ended = 0
+  for p, seqs, scores in zip(prompts, got.sequences, got.scores):
+    with torch.no_grad():
+      out = hf.generate(torch.tensor([p]), num_beams=4, num_return_sequences=3, length_penalty=length_penalty,
+                        early_stopping=early_stopping, max_new_tokens=8, eos_token_id=stop, pad_token_id=stop,
+                        do_sample=False, output_scores=True, return_dict_in_generate=True)
+    want = [s[len(p):].tolist() for s in out.sequences]
+    want = [w[:w.index(stop) + 1] if stop in w else w for w in want]
+    assert seqs == want
+    np.testing.assert_allclose(scores, out.sequences_scores.numpy(), rtol=1e-4, atol=1e-5)
+    ended += sum(s[-1] == stop for s in seqs)
+  assert ended > 0  # some hypotheses did end on the stop token
