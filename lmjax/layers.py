@@ -143,6 +143,32 @@ def call_block(block: nnx.Module, remat: str, *args):
   return nnx.remat(lambda m, *a: m(*a), policy=REMAT[remat])(block, *args)
 
 
+def scan_blocks(blocks, remat: str, x: Array, rngs: list, apply) -> Array:
+  """x through each block in turn, x = apply(block, x, rng) with the block's
+  dropout key, with one compiled body for all blocks (`model.scan_layers`):
+  their parameters are stacked along a new leading axis inside the step and
+  `lax.scan` walks it, so compile time no longer grows with depth. The
+  parameters keep their per-layer layout (`layers/0/...`): checkpoints and
+  Hugging Face files do not depend on the switch. The stacked copy costs one
+  more set of the blocks' parameters in the step's memory. Each block is
+  rematerialised under `remat`; the results equal the unrolled loop's."""
+  graphdef, _ = nnx.split(blocks[0])
+  stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *[nnx.state(b) for b in blocks])
+  keys = None if rngs[0] is None else jnp.stack(rngs)
+
+  def body(x, layer):
+    state, rng = layer
+    return apply(nnx.merge(graphdef, state), x, rng), None
+  if remat != "none":
+    body = jax.checkpoint(body, policy=REMAT[remat], prevent_cse=False)
+  return jax.lax.scan(body, x, (stacked, keys))[0]
+
+
+def check_scan(scan_layers) -> None:
+  if not isinstance(scan_layers, bool):
+    raise LmjaxError(f"model.scan_layers={scan_layers!r}: use true or false.")
+
+
 def split_rng(rng: Array | None, n: int) -> list[Array | None]:
   if rng is None:
     return [None] * n

@@ -151,24 +151,26 @@ def test_bad_attention_and_remat_names_are_refused_with_the_valid_ones():
 
 # --- rematerialisation ----------------------------------------------------------
 
-def _family_loss(name, remat, attention="einsum", dtype="float32"):
+def _family_loss(name, remat, attention="einsum", dtype="float32", scan=False):
   """(model, loss(model, key)) of a tiny model of each family with dropout on."""
   from lmjax.models.bert import BertConfig, BertForPreTraining  # noqa: PLC0415
   from lmjax.models.gpt import GptConfig, GptForCausalLM  # noqa: PLC0415
   from lmjax.models.t5 import T5Config, T5ForConditionalGeneration  # noqa: PLC0415
   ids = jax.random.randint(jax.random.key(1), (2, 16), 3, 100)
   if name == "bert":
-    model = BertForPreTraining(BertConfig.preset("tiny", vocab_size=100, remat=remat, dtype=dtype), rngs=nnx.Rngs(0))
+    model = BertForPreTraining(BertConfig.preset("tiny", vocab_size=100, remat=remat, dtype=dtype, scan_layers=scan),
+                               rngs=nnx.Rngs(0))
     fwd = lambda m, key: m(ids, jnp.zeros_like(ids), jnp.ones_like(ids), jnp.arange(4)[None].repeat(2, 0),  # noqa: E731
                             rng=key)[0]
   elif name in ("gpt2", "llama"):
     preset = "tiny" if name == "gpt2" else "llama-tiny"
     model = GptForCausalLM(GptConfig.preset(preset, vocab_size=100, remat=remat, attention=attention, dtype=dtype,
-                                            **({} if name == "gpt2" else {"dropout_rate": 0.1})), rngs=nnx.Rngs(0))
+                                            scan_layers=scan, **({} if name == "gpt2" else {"dropout_rate": 0.1})),
+                           rngs=nnx.Rngs(0))
     fwd = lambda m, key: m(ids, rng=key)  # noqa: E731
   else:
-    model = T5ForConditionalGeneration(T5Config.preset("t5-tiny", vocab_size=100, remat=remat, dtype=dtype),
-                                       rngs=nnx.Rngs(0))
+    model = T5ForConditionalGeneration(T5Config.preset("t5-tiny", vocab_size=100, remat=remat, dtype=dtype,
+                                                       scan_layers=scan), rngs=nnx.Rngs(0))
     fwd = lambda m, key: m(ids, ids[:, :8], rng=key)  # noqa: E731
 
   def loss(m, key):
@@ -189,6 +191,30 @@ def test_remat_gives_the_same_loss_and_gradients_as_none(family, remat):
     grads[policy] = (value, nnx.to_pure_dict(nnx.state(g)))
   np.testing.assert_allclose(grads[remat][0], grads["none"][0], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads[remat][1], grads["none"][1])
+
+
+@pytest.mark.parametrize("family, remat", [("bert", "none"), ("gpt2", "none"), ("llama", "full"), ("t5", "none"),
+                                           ("t5", "dots")])
+def test_scanned_layers_give_the_same_loss_and_gradients(family, remat):
+  """model.scan_layers: one compiled body over stacked parameters; the same
+  numbers (dropout masks included), the same parameter tree."""
+  key = jax.random.key(3)
+  out = {}
+  for scan in (False, True):
+    model, loss = _family_loss(family, remat, scan=scan)
+    value, g = jax.jit(nnx.value_and_grad(loss))(model, key)
+    out[scan] = (value, nnx.to_pure_dict(nnx.state(g)))
+  np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-6)
+  assert jax.tree.structure(out[True][1]) == jax.tree.structure(out[False][1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out[True][1], out[False][1])
+
+
+def test_scanned_layers_compile_one_body():
+  """Under scan the step holds one copy of the block's matmuls, not one per layer."""
+  def dots(scan):
+    model, loss = _family_loss("llama", "none", scan=scan)
+    return jax.jit(nnx.grad(loss)).lower(model, jax.random.key(0)).as_text().count("dot_general")
+  assert dots(True) < dots(False)
 
 
 def test_remat_recomputes_in_the_backward_pass():

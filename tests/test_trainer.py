@@ -25,10 +25,11 @@ def records(workdir, split="train"):
 
 @pytest.mark.xdist_group("tiny_pretraining_run")  # one worker builds the shared run once
 def test_resume_equals_uninterrupted_even_on_another_mesh(tiny_cfg, tiny_pretraining_run, tmp_path):
-  """3 steps under data parallelism, then the same command resumes under FSDP + TP: the
-  metrics equal an uninterrupted run's (to float reduction order; the same-mesh resume
+  """3 steps under data parallelism with scanned layers, then the same command resumes
+  under FSDP + TP with the layers unrolled: the checkpoint does not depend on either, and
+  the metrics equal an uninterrupted run's (to float reduction order; the same-mesh resume
   is checked bit-exactly by the Ctrl-C test)."""
-  trainer.train(replace(tiny_cfg, train=dict(steps=3)), tmp_path / "resumed")
+  trainer.train(replace(tiny_cfg, train=dict(steps=3), model=dict(scan_layers=True)), tmp_path / "resumed")
   assert checkpoint.Checkpointer(tmp_path / "resumed", every=1, keep=1, async_save=False).latest_step() == 3
   other_mesh = replace(tiny_cfg, mesh=dict(data=1, fsdp=2, tensor=4, rules="fsdp_tp"))
   last_eval = trainer.train(other_mesh, tmp_path / "resumed")  # same command, more steps: resumes at 3

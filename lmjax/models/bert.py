@@ -58,6 +58,10 @@ class BertConfig:
   # dots_no_batch). Neither changes the parameters.
   attention: str = "auto"
   remat: str = "none"
+  # One compiled layer body for all layers (lax.scan over the layers'
+  # parameters stacked in the step): compile time independent of depth. The
+  # parameters and checkpoints keep their per-layer layout.
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_position_embeddings",
@@ -71,6 +75,7 @@ class BertConfig:
         raise LmjaxError(f"model.{name}={getattr(self, name)} must be in [0, 1).")
     L.check_attention(self.attention, self.attention_dropout_rate)
     L.check_remat(self.remat)
+    L.check_scan(self.scan_layers)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> BertConfig:
@@ -159,8 +164,12 @@ class BertModel(nnx.Module):
     rngs = L.split_rng(rng, self.cfg.num_layers + 1)
     x_btd = L.shard(self.embeddings(ids_bt, type_ids_bt, rngs[0]), L.ACT_BTD)
     bias_b1ts = L.padding_bias(mask_bt)
-    for layer, layer_rng in zip(self.layers, rngs[1:]):
-      x_btd = L.call_block(layer, self.cfg.remat, x_btd, bias_b1ts, layer_rng)
+    if self.cfg.scan_layers:
+      x_btd = L.scan_blocks(self.layers, self.cfg.remat, x_btd, rngs[1:],
+                            lambda layer, x, r: layer(x, bias_b1ts, r))
+    else:
+      for layer, layer_rng in zip(self.layers, rngs[1:]):
+        x_btd = L.call_block(layer, self.cfg.remat, x_btd, bias_b1ts, layer_rng)
     if self.final_norm is not None:
       x_btd = self.final_norm(x_btd)
     pooled_bd = jnp.tanh(self.pooler(x_btd[:, 0]))

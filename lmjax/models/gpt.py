@@ -81,6 +81,10 @@ class GptConfig:
   # dots_no_batch). Neither changes the parameters.
   attention: str = "auto"
   remat: str = "none"
+  # One compiled layer body for all layers (lax.scan over the layers'
+  # parameters stacked in the step): compile time independent of depth. The
+  # parameters and checkpoints keep their per-layer layout.
+  scan_layers: bool = False
   # Causal-LM loss in chunks of this many positions (layers.chunked_cross_entropy):
   # [B, T, V] float32 logits never exist at once. 0 = all positions at once.
   loss_chunk: int = 0
@@ -99,6 +103,7 @@ class GptConfig:
       raise LmjaxError(f"Rotary positions need an even head width; hidden_size / num_heads = {self.head_dim}.")
     L.check_attention(self.attention, self.attention_dropout_rate)
     L.check_remat(self.remat)
+    L.check_scan(self.scan_layers)
     if self.loss_chunk < 0:
       raise LmjaxError(f"model.loss_chunk={self.loss_chunk} must be 0 (no chunks) or a number of positions.")
 
@@ -201,12 +206,17 @@ class GptForCausalLM(nnx.Module):
       x_btd = x_btd + self.position(positions_bt, dt)
     x_btd = L.shard(L.dropout(x_btd, cfg.dropout_rate, rngs[0]), L.ACT_BTD)
     new_caches = []
-    for i, layer in enumerate(self.layers):
-      if caches is None:
-        x_btd, c = L.call_block(layer, cfg.remat, x_btd, positions_bt, bias_b1ts, None, rngs[i + 1])
-      else:
-        x_btd, c = layer(x_btd, positions_bt, bias_b1ts, caches[i], rngs[i + 1])
-      new_caches.append(c)
+    if caches is None and cfg.scan_layers:  # training and full forwards; cached decoding stays unrolled
+      x_btd = L.scan_blocks(self.layers, cfg.remat, x_btd, rngs[1:],
+                            lambda layer, x, r: layer(x, positions_bt, bias_b1ts, None, r)[0])
+      new_caches = [None] * cfg.num_layers
+    else:
+      for i, layer in enumerate(self.layers):
+        if caches is None:
+          x_btd, c = L.call_block(layer, cfg.remat, x_btd, positions_bt, bias_b1ts, None, rngs[i + 1])
+        else:
+          x_btd, c = layer(x_btd, positions_bt, bias_b1ts, caches[i], rngs[i + 1])
+        new_caches.append(c)
     x_btd = self.final_norm(x_btd)
     if not project:
       return x_btd, None
@@ -263,7 +273,7 @@ FAMILY = Family(
     converter="lmjax.convert.gpt", hf_model_types=("gpt2", "llama"),
     arch_fields=tuple(f.name for f in dataclasses.fields(GptConfig)
                       if f.name not in ("dropout_rate", "attention_dropout_rate", "init_std", "dtype", "attention",
-                                        "remat", "loss_chunk")),
+                                        "remat", "scan_layers", "loss_chunk")),
     generation=Generation(
         model="pretraining", init_cache=init_cache,
         prefill=lambda model, ids_bt, positions_bt, cache: model.decode(ids_bt, positions_bt, cache),

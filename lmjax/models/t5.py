@@ -67,6 +67,10 @@ class T5Config:
   # dots_no_batch). Neither changes the parameters.
   attention: str = "auto"
   remat: str = "none"
+  # One compiled layer body for all layers (lax.scan over the layers'
+  # parameters stacked in the step): compile time independent of depth. The
+  # parameters and checkpoints keep their per-layer layout.
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_decoder_layers", "num_heads", "head_dim", "mlp_dim",
@@ -82,6 +86,7 @@ class T5Config:
       raise LmjaxError(f"model.dropout_rate={self.dropout_rate} must be in [0, 1).")
     L.check_attention(self.attention, self.dropout_rate)
     L.check_remat(self.remat)
+    L.check_scan(self.scan_layers)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> T5Config:
@@ -229,8 +234,12 @@ class Stack(nnx.Module):
     t = x_btd.shape[1]
     bias = self.relative_bias(t, t) + mask_bias  # computed once per forward, shared by every layer
     x_btd = L.shard(L.dropout(x_btd, p, rngs[0]), L.ACT_BTD)
-    for layer, layer_rng in zip(self.layers, rngs[1:-1]):
-      x_btd = L.call_block(layer, self.cfg.remat, x_btd, bias, enc_bsd, cross_bias, layer_rng)[0]
+    if self.cfg.scan_layers:
+      x_btd = L.scan_blocks(self.layers, self.cfg.remat, x_btd, rngs[1:-1],
+                            lambda layer, x, r: layer(x, bias, enc_bsd, cross_bias, r)[0])
+    else:
+      for layer, layer_rng in zip(self.layers, rngs[1:-1]):
+        x_btd = L.call_block(layer, self.cfg.remat, x_btd, bias, enc_bsd, cross_bias, layer_rng)[0]
     return L.dropout(self.final_norm(x_btd), p, rngs[-1])
 
   def step(self, x_btd: Array, positions_bt: Array, cross_bias: Array, caches: list[dict]
@@ -338,7 +347,7 @@ FAMILY = Family(
     name="t5", config=T5Config, models={"seq2seq": T5ForConditionalGeneration},
     converter="lmjax.convert.t5", hf_model_types=("t5",),
     arch_fields=tuple(f.name for f in dataclasses.fields(T5Config)
-                      if f.name not in ("dropout_rate", "init_factor", "dtype", "attention", "remat")),
+                      if f.name not in ("dropout_rate", "init_factor", "dtype", "attention", "remat", "scan_layers")),
     generation=Generation(
         model="seq2seq", init_cache=init_cache,
         prefill=lambda model, ids_bt, positions_bt, cache: model.decode_step(ids_bt, positions_bt, cache),
