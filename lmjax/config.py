@@ -390,7 +390,10 @@ def _type_error(key: str, value: Any, typ: Any) -> LmjaxError:
 
 
 def override(cfg: Config, assignments: list[str]) -> Config:
-  """Applies 'section.field=value' strings to a config, type-checked."""
+  """Applies 'section.field=value' strings to a config, type-checked. Each
+  section is rebuilt once with all its new values, so checks that relate
+  fields (hidden_size divisible by num_heads) see them together, in any order."""
+  changes: dict[str, dict[str, Any]] = {}
   for item in assignments:
     if "=" not in item:
       raise LmjaxError(f"Override {item!r} is not of the form KEY=VALUE "
@@ -410,8 +413,9 @@ def override(cfg: Config, assignments: list[str]) -> Config:
     section_name, field_name = parts
     section = getattr(cfg, section_name)
     typ = typing.get_type_hints(type(section))[field_name]
-    value = _coerce(raw, typ, key)
-    cfg = dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{field_name: value})})
+    changes.setdefault(section_name, {})[field_name] = _coerce(raw, typ, key)
+  for section_name, fields in changes.items():
+    cfg = dataclasses.replace(cfg, **{section_name: dataclasses.replace(getattr(cfg, section_name), **fields)})
   return cfg
 
 

@@ -42,6 +42,14 @@ def test_override_parses_types(tiny_cfg):
   assert tiny_cfg.train.steps == 6  # frozen: the original is untouched
 
 
+def test_related_overrides_apply_together_in_any_order(tiny_cfg):
+  """hidden_size=42 alone fails against the recipe's 4 heads; with num_heads=6 given after it, it is fine."""
+  cfg = config_lib.override(tiny_cfg, ["model.hidden_size=42", "model.num_heads=6", "model.hidden_size=48"])
+  assert (cfg.model.hidden_size, cfg.model.num_heads) == (48, 6)  # the last value of a key wins
+  with pytest.raises(LmjaxError, match="not divisible"):
+    config_lib.override(tiny_cfg, ["model.hidden_size=42"])
+
+
 def test_unknown_key_names_the_closest(tiny_cfg):
   with pytest.raises(LmjaxError, match=r"Unknown config key 'train.stpes'.*train\.steps"):
     config_lib.override(tiny_cfg, ["train.stpes=3"])
