@@ -236,6 +236,39 @@ def init_source(task: Task, cfg, resumed: bool = False):
   return runs.inspect(init_from, "train.init_from", task.families, f"{task.name} fine-tuning")
 
 
+def fine_tuning_tokenizer(cfg, workdir: Path, src, identity: str, sentences_fn):
+  """A fine-tuning run's tokenizer: the workdir's own (resumed), the one of
+  train.init_from (copied in), or, from scratch, a sentencepiece model
+  (`data.tokenizer_model`) trained on `sentences_fn()` and cached by
+  `identity`; refused when it does not fit model.vocab_size."""
+  from lmjax import runs  # noqa: PLC0415
+  from lmjax.data import fetch  # noqa: PLC0415
+  from lmjax.data import tokenizer as tk  # noqa: PLC0415
+  from lmjax.data.corpus import tokenizer_cache_name  # noqa: PLC0415
+
+  d, workdir = cfg.data, Path(workdir)
+  if any((workdir / name).exists() for name in tk.RUN_FILES) or src is not None:
+    tok = runs.copy_tokenizer(src, workdir)
+  else:
+    cache = fetch.cache_root(d.cache_dir) / "tokenizers" / tokenizer_cache_name(identity, cfg)
+    tok = tk.for_run(workdir, cache, sentences_fn, cfg.model.vocab_size, seed=cfg.train.seed,
+                     max_sentences=d.tokenizer_sentences, model_type=d.tokenizer_model)
+  if tok.vocab_size > cfg.model.vocab_size:
+    raise LmjaxError(f"The tokenizer ({tok.vocab_size} tokens) does not fit the model's vocabulary "
+                     f"(model.vocab_size={cfg.model.vocab_size}); they must come from the same checkpoint.")
+  return tok
+
+
+def pretrained_encoder(src, resumed: bool, what: str = "encoder") -> dict[tuple, np.ndarray] | None:
+  """The backbone parameters of train.init_from for a fresh fine-tuning run (None when resuming)."""
+  from lmjax import runs  # noqa: PLC0415
+  from lmjax.metrics import log  # noqa: PLC0415
+  if src is None or resumed:
+    return None
+  log(f"initialising the {what} from {src.path}" + (f" (step {src.step})" if src.step is not None else ""))
+  return runs.backbone_params(src)
+
+
 def configure_from_init(task: Task, cfg, workdir: Path | None, resumed: bool):
   """The recipe's model section with the architecture of train.init_from (a
   fine-tuning task's `configure`); training-time fields stay the recipe's."""

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax import runs
 from lmjax.errors import LmjaxError
 from lmjax.metrics import log
 from lmjax.models.family import Workload
@@ -66,7 +65,6 @@ class Classification(base.Task):
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
     from lmjax.data import classification_examples as examples  # noqa: PLC0415
     from lmjax.data import labelled as labelled_data  # noqa: PLC0415
-    from lmjax.data import tokenizer as tk  # noqa: PLC0415
 
     d = cfg.data
     src = base.init_source(self, cfg, resumed)
@@ -76,19 +74,8 @@ class Classification(base.Task):
                        f"{len(labelled.names)} labels {list(labelled.names)}; set --set "
                        f"model.num_labels={len(labelled.names)}.")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, labels=labelled.names))
-    workdir = Path(workdir)
-    if any((workdir / name).exists() for name in tk.RUN_FILES) or src is not None:
-      tok = runs.copy_tokenizer(src, workdir)
-    else:  # training from scratch: a sentencepiece model on the training texts
-      from lmjax.data import fetch  # noqa: PLC0415
-      from lmjax.data.corpus import tokenizer_cache_name  # noqa: PLC0415
-      texts = lambda: examples.read_split(labelled, "train")[0]  # noqa: E731
-      cache = fetch.cache_root(d.cache_dir) / "tokenizers" / tokenizer_cache_name(labelled.identity, cfg)
-      tok = tk.for_run(workdir, cache, texts, cfg.model.vocab_size, seed=cfg.train.seed,
-                       max_sentences=d.tokenizer_sentences, model_type=d.tokenizer_model)
-    if tok.vocab_size > cfg.model.vocab_size:
-      raise LmjaxError(f"The tokenizer ({tok.vocab_size} tokens) does not fit the model's vocabulary "
-                       f"(model.vocab_size={cfg.model.vocab_size}); they must come from the same checkpoint.")
+    tok = base.fine_tuning_tokenizer(cfg, workdir, src, labelled.identity,
+                                     lambda: examples.read_split(labelled, "train")[0])
     splits = [d.eval_split]
     has_test = d.test_split in labelled.sources
     if has_test:
@@ -100,10 +87,7 @@ class Classification(base.Task):
 
     def report(split):
       return lambda ctx, params: evaluate(ctx, params, encoded[split], names, d.length_buckets)
-    pretrained = None
-    if src is not None and not resumed:
-      log(f"initialising the encoder from {src.path}" + (f" (step {src.step})" if src.step is not None else ""))
-      pretrained = runs.backbone_params(src)
+    pretrained = base.pretrained_encoder(src, resumed)
     train = examples.ClassificationExamples(encoded["train"], cfg.train.seed, buckets=d.length_buckets,
                                             group=d.group_by_length, batch_size=cfg.train.batch_size)
     return base.TaskData(cfg, train,

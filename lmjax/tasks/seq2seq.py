@@ -30,7 +30,6 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax import runs
 from lmjax.errors import LmjaxError
 from lmjax.generate import encode_inputs
 from lmjax.metrics import log
@@ -275,24 +274,14 @@ class Seq2Seq(base.Task):
 
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
     from lmjax import models  # noqa: PLC0415
-    from lmjax.data import fetch, pairs  # noqa: PLC0415
-    from lmjax.data import tokenizer as tk  # noqa: PLC0415
-    from lmjax.data.corpus import tokenizer_cache_name  # noqa: PLC0415
+    from lmjax.data import pairs  # noqa: PLC0415
 
     d = cfg.data
     src = base.init_source(self, cfg, resumed)
     data = pairs.load_pairs(d)
     workdir = Path(workdir)
-    if any((workdir / name).exists() for name in tk.RUN_FILES) or src is not None:
-      tok = runs.copy_tokenizer(src, workdir)
-    else:  # from scratch: a sentencepiece model on the training inputs and targets
-      train = data.splits["train"]
-      cache = fetch.cache_root(d.cache_dir) / "tokenizers" / tokenizer_cache_name(data.identity + "-pairs", cfg)
-      tok = tk.for_run(workdir, cache, lambda: train.inputs + train.targets, cfg.model.vocab_size,
-                       seed=cfg.train.seed, max_sentences=d.tokenizer_sentences, model_type=d.tokenizer_model)
-    if tok.vocab_size > cfg.model.vocab_size:
-      raise LmjaxError(f"The tokenizer ({tok.vocab_size} tokens) does not fit the model's vocabulary "
-                       f"(model.vocab_size={cfg.model.vocab_size}); they must come from the same checkpoint.")
+    train = data.splits["train"]  # from scratch: sentencepiece on the training inputs and targets
+    tok = base.fine_tuning_tokenizer(cfg, workdir, src, data.identity + "-pairs", lambda: train.inputs + train.targets)
     if tok.eos_id is None:
       raise LmjaxError(f"The tokenizer in {workdir} has no end-of-text token; seq2seq needs one to end targets.")
     start_id = models.of(cfg.model).generation.start_id
@@ -330,10 +319,7 @@ class Seq2Seq(base.Task):
         return out
       return evaluate
 
-    pretrained = None
-    if src is not None and not resumed:
-      log(f"initialising the model from {src.path}" + (f" (step {src.step})" if src.step is not None else ""))
-      pretrained = runs.backbone_params(src)
+    pretrained = base.pretrained_encoder(src, resumed, "model")
     return base.TaskData(cfg, train_rows, report(d.eval_split, True),
                          report(d.test_split, False) if d.test_split in data.splits else None,
                          best_metric=cfg.checkpoint.best_metric or data.best_metric, pretrained=pretrained)

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax import runs
 from lmjax.errors import LmjaxError
 from lmjax.metrics import log
 from lmjax.models.family import Workload
@@ -68,7 +67,6 @@ class TokenClassification(base.Task):
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
     from lmjax.data import classification_examples as examples  # noqa: PLC0415
     from lmjax.data import tagging  # noqa: PLC0415
-    from lmjax.data import tokenizer as tk  # noqa: PLC0415
 
     d = cfg.data
     src = base.init_source(self, cfg, resumed)
@@ -78,20 +76,9 @@ class TokenClassification(base.Task):
       raise LmjaxError(f"model.num_labels={cfg.model.num_labels} but data set {tagged.identity} has "
                        f"{len(names)} tags {list(names)}; set --set model.num_labels={len(names)}.")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, labels=names))
-    workdir = Path(workdir)
     train_words, train_tags = tagging.read_split(tagged, "train")
-    if any((workdir / name).exists() for name in tk.RUN_FILES) or src is not None:
-      tok = runs.copy_tokenizer(src, workdir)
-    else:  # from scratch: a sentencepiece model on the training sentences
-      from lmjax.data import fetch  # noqa: PLC0415
-      from lmjax.data.corpus import tokenizer_cache_name  # noqa: PLC0415
-      joiner = "" if d.tokenizer_model == "char" else " "
-      cache = fetch.cache_root(d.cache_dir) / "tokenizers" / tokenizer_cache_name(tagged.identity, cfg)
-      tok = tk.for_run(workdir, cache, lambda: [joiner.join(w) for w in train_words], cfg.model.vocab_size,
-                       seed=cfg.train.seed, max_sentences=d.tokenizer_sentences, model_type=d.tokenizer_model)
-    if tok.vocab_size > cfg.model.vocab_size:
-      raise LmjaxError(f"The tokenizer ({tok.vocab_size} tokens) does not fit the model's vocabulary "
-                       f"(model.vocab_size={cfg.model.vocab_size}); they must come from the same checkpoint.")
+    joiner = "" if d.tokenizer_model == "char" else " "  # from scratch: sentencepiece on the training sentences
+    tok = base.fine_tuning_tokenizer(cfg, workdir, src, tagged.identity, lambda: [joiner.join(w) for w in train_words])
     splits = [d.eval_split]
     has_test = d.test_split in tagged.sources
     if has_test:
@@ -113,10 +100,7 @@ class TokenClassification(base.Task):
 
     def report(split):
       return lambda ctx, params: evaluate(ctx, params, encoded[split], names, d.length_buckets)
-    pretrained = None
-    if src is not None and not resumed:
-      log(f"initialising the encoder from {src.path}" + (f" (step {src.step})" if src.step is not None else ""))
-      pretrained = runs.backbone_params(src)
+    pretrained = base.pretrained_encoder(src, resumed)
     train = examples.ClassificationExamples(encoded["train"], cfg.train.seed, buckets=d.length_buckets,
                                             group=d.group_by_length, batch_size=cfg.train.batch_size)
     return base.TaskData(cfg, train, report(d.eval_split), report(d.test_split) if has_test else None,
