@@ -597,6 +597,7 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   first_step_s = None  # the first step (its program was compiled ahead, in preflight)
   skips, logged_at = int(jax.device_get(optim.nonfinite_skips(state["opt_state"]))), start
   stop = _StopRequest()
+  host_is_device = jax.default_backend() == "cpu"
   try:
     with jax.set_mesh(mesh), stop:
       while step < tc.steps:
@@ -608,6 +609,12 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
         batch = to_global(host_batch, setup)
         full = all(v.shape[1:] == full_shapes[k] for k, v in host_batch.items())
         state, metrics = (train_fn if full else jit_train)(state, batch)
+        if host_is_device:
+          # On the CPU the step's temporaries come from the same malloc heap as the
+          # host's next batch; letting dispatch run ahead interleaves the two and
+          # fragments the heap (MiniLM sentiment, 60 steps: 4.0-4.1 GB peak RSS
+          # without this wait, 3.45-3.48 GB with it). Accelerators keep dispatching ahead.
+          jax.block_until_ready(metrics["loss"])
         step += 1
         if interval_start is None:  # the first step includes compilation
           jax.block_until_ready(metrics["loss"])
