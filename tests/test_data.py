@@ -178,6 +178,20 @@ def test_text_dir_builder_round_trip(tmp_path):
 
 
 
+def test_preparing_a_corpus_leaves_no_temporary_directories(tmp_path, monkeypatch):
+  """tfds makes an empty temporary directory for a metadata lookup on Google
+  Cloud Storage whenever it constructs an unprepared builder, and keeps it;
+  lmjax's builders skip that lookup."""
+  import tempfile
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  root = write_corpus(tmp_path / "c", num_files=2, paragraphs=3)
+  builders.load_corpus(DataConfig(dataset="text_dir", text_dir=str(root), doc_split="blank_line",
+                                  cache_dir=str(tmp_path / "cache")))
+  assert list(scratch.iterdir()) == []
+
+
 def test_decoder_prompts_follow_the_checkpoints_tokenizer_like_transformers(tmp_path):
   """A Llama tokenizer adds <s> in front of a prompt (transformers' tokenizer(text)
   does); lmjax's plain `encode` (training text, classification) adds nothing."""

@@ -28,7 +28,7 @@ class _Documents:
   """What both corpus builders share: the features and the example writer."""
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES))
+    return fetch.local_info(self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES)))
 
   def _generate_examples(self, docs):
     for doc_id, sentences in docs:

@@ -227,3 +227,15 @@ def gpt2_vocabulary(cache: Path) -> tuple[Path, Path]:
       tmp.write_bytes(data)
       tmp.replace(target)
   return vocab, merges
+
+
+def local_info(info):
+  """A tfds DatasetInfo for a builder that makes its data from local files only.
+
+  tfds looks for pre-computed metadata on Google Cloud Storage when it
+  constructs a builder whose data is not prepared yet, and makes an empty
+  temporary directory for it first, which it never removes when nothing is
+  found (tfds 4.9: one `/tmp/tmp*tfds` per construction). lmjax's builders have
+  nothing there, so this instance skips the lookup."""
+  info.initialize_from_bucket = lambda: None
+  return info

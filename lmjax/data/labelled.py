@@ -83,9 +83,9 @@ class _Labelled:
     super().__init__(**kwargs)
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+    return fetch.local_info(self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
         "id": tfds.features.Text(), "text": tfds.features.Text(),
-        "label": tfds.features.ClassLabel(names=["negative", "positive"])}))
+        "label": tfds.features.ClassLabel(names=["negative", "positive"])})))
 
   # Each builder names its source archive, the members it reads, and a
   # function of their bytes returning (ids, texts, labels).
@@ -240,9 +240,9 @@ class LabelledFiles(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+    return fetch.local_info(self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
         "id": tfds.features.Text(), "text": tfds.features.Text(), "text_pair": tfds.features.Text(),
-        "label": tfds.features.ClassLabel(names=list(self.builder_config.names))}))
+        "label": tfds.features.ClassLabel(names=list(self.builder_config.names))})))
 
   def _split_generators(self, dl_manager):
     del dl_manager

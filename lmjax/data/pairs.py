@@ -95,8 +95,8 @@ class _Pairs:
     super().__init__(**kwargs)
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        "id": tfds.features.Text(), "input": tfds.features.Text(), "target": tfds.features.Text()}))
+    return fetch.local_info(self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "input": tfds.features.Text(), "target": tfds.features.Text()})))
 
   def _write(self, rows: list[tuple[str, str, str]]):
     """Splits (id, input, target) rows by input."""

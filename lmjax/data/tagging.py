@@ -164,7 +164,7 @@ class PeoplesDaily1998Entities(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     from lmjax.data import peoples_daily as pd  # noqa: PLC0415
-    return self.dataset_info_from_configs(features=_features(pd.LABELS))
+    return fetch.local_info(self.dataset_info_from_configs(features=_features(pd.LABELS)))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -199,7 +199,7 @@ class TaggedFiles(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return self.dataset_info_from_configs(features=_features(self.builder_config.names))
+    return fetch.local_info(self.dataset_info_from_configs(features=_features(self.builder_config.names)))
 
   def _split_generators(self, dl_manager):
     del dl_manager
