@@ -1,10 +1,10 @@
-"""Process-wide settings that make XLA's CPU backend faster; lmjax's commands apply them.
+"""A process-wide setting that makes XLA's CPU backend faster; lmjax's commands apply it.
 
 `python train.py`, `python -m lmjax.bench`, `python -m lmjax.predict`,
 `python -m lmjax.generate` and `benchmarks/peer.py` call `tune()` before JAX
 starts. Code that imports lmjax and runs its own steps can call it too (first
-thing, before any JAX operation). `LMJAX_CPU_TUNING=0` turns both settings off;
-they are not applied where JAX will run on a GPU or TPU (`accelerator_expected`).
+thing, before any JAX operation). `LMJAX_CPU_TUNING=0` turns it off; it is not
+applied where JAX will run on a GPU or TPU (`accelerator_expected`).
 
 1. Keep freed host memory for reuse (glibc malloc). XLA allocates a step's
    temporaries afresh on every call; glibc serves big blocks with mmap and
@@ -14,14 +14,10 @@ they are not applied where JAX will run on a GPU or TPU (`accelerator_expected`)
    one arena and no trimming, the second step onwards faults nothing. The cost:
    the process keeps its peak memory until it exits, as a training run does
    anyway.
-2. Threefry unrolled on CPU. JAX lowers its threefry random-bit generator on
-   CPU as a rolled 5-iteration loop (small programs, fast compiles), which
-   writes every round of state for a whole dropout mask to memory; the
-   unrolled form it uses on TPU fuses into one pass. Same algorithm, same
-   bits, so runs stay bit-identical; compiles take longer (BERT-base train
-   step ~30 s -> ~48 s, GPT-2 small ~33 s -> ~60 s on 2 cores).
-   This touches a private JAX module: when it moves, `tune` leaves the
-   default in place (`tuned()["threefry"]` says which).
+
+(An unrolled threefry lowering used to be the second setting; dropout masks
+now come from `layers.keep_mask`, a counter-based hash, and threefry draws
+nothing large inside a training step.)
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
-_state = {"malloc": False, "threefry": False}
+_state = {"malloc": False}
 
 
 def accelerator_expected() -> bool:
@@ -57,8 +53,6 @@ def tune() -> dict:
     return dict(_state)
   if not _state["malloc"]:
     _state["malloc"] = keep_freed_memory()
-  if not _state["threefry"]:
-    _state["threefry"] = unroll_threefry_on_cpu()
   return dict(_state)
 
 
@@ -79,13 +73,3 @@ def keep_freed_memory() -> bool:
   # -1 disables trimming altogether (mallopt(3)); 0 mmaps = large blocks come
   # from the heap; one arena, so worker threads do not mmap heaps of their own.
   return bool(mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, -1))
-
-
-def unroll_threefry_on_cpu() -> bool:
-  try:
-    from jax._src.interpreters import mlir  # noqa: PLC0415
-    from jax._src.random import threefry2x32 as tf  # noqa: PLC0415
-    mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_lowering_rule, platform="cpu")  # noqa: SLF001
-  except (ImportError, AttributeError):
-    return False
-  return True

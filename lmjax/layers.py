@@ -51,10 +51,54 @@ def shard(x: Array, axes: tuple[str | None, ...]) -> Array:
 
 
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+  """Inverted dropout: zeroes each element with probability `rate` and scales the
+  rest by 1 / (1 - rate). Identity when `rng` is None (evaluation) or the rate is 0.
+  The mask comes from `keep_mask`, not from `jax.random.bernoulli`."""
   if rng is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  keep = keep_mask(rng, rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _mix32(x: Array) -> Array:
+  # "lowbias32" (Chris Wellons' hash prospector): a bijection on uint32 whose
+  # output bits each flip with probability ~1/2 when any input bit flips.
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def keep_mask(rng: Array, rate: float, shape: tuple[int, ...]) -> Array:
+  """Which elements of an array of `shape` dropout keeps: True with probability
+  1 - rate, independently per element and per key.
+
+  A counter-based hash of (key, element position) rather than threefry bits:
+  the row (all dimensions but the last, as one index) and the column each pass
+  through a 32-bit integer mixer together with one word of the key. It is a few
+  integer operations per element that XLA fuses into the mask's consumer, so a
+  training step neither materialises random bits nor carries threefry's 20
+  rounds at every dropout site. On the MiniLM classifier's step (batch 32,
+  seq 64, 2-core CPU) it was 4-7% faster than threefry lowered unrolled and
+  ~22% faster than JAX's default lowering; the step compiled in 8.6 s instead
+  of 12.5 s and its program holds ~75 MB instead of ~110 MB
+  (docs/performance.md, "Dropout bits").
+  Positions are global indices (`iota`), so the mask is the same on any mesh
+  and a run resumed on another mesh keeps its masks."""
+  words = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+  words = words.reshape(-1).astype(jnp.uint32)
+  out_shape = tuple(shape)
+  shape = out_shape or (1,)
+  row = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for d in range(len(shape) - 2, -1, -1):
+    row = row + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+    stride *= shape[d]
+  col = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+  h = _mix32(row ^ words[0])
+  h = _mix32((h + col * jnp.uint32(0x9E3779B9)) ^ words[-1])
+  return (h >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))).reshape(out_shape)
 
 
 def gelu(x: Array) -> Array:
@@ -85,7 +129,7 @@ def grad_boundary(x: Array) -> Array:
   producer into each of its consumers, and with GPT-2's LayerNorm blocks
   nothing unfusible lay on that path, so the sum was never materialised:
   every layer's backward re-evaluated the whole chain from the top layer
-  down, dropout masks (threefry) included, an O(layers^2) cost. In GPT-2
+  down, dropout masks (then threefry bits) included, an O(layers^2) cost. In GPT-2
   small at seq 512 the fusions doing this took ~20% of the step's thread
   time, and placing this at each block's output made the step 1.3x faster
   (2-core CPU, 2026-11-30). A Llama-style model (RMSNorm, no dropout) showed

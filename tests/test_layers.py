@@ -287,3 +287,50 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_gradient(preset):
   np.testing.assert_allclose(results[5][0], results[0][0], rtol=1e-6)
   np.testing.assert_allclose(results[5][1], results[0][1], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), results[5][2], results[0][2])
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.1, 0.5])
+def test_dropout_keeps_each_element_with_probability_one_minus_rate(rate):
+  shape = (8, 12, 64, 64)  # 393,216 draws
+  keep = np.asarray(L.keep_mask(jax.random.key(0), rate, shape))
+  n = keep.size
+  assert keep.shape == shape and keep.dtype == bool
+  assert abs(keep.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+  # Every row and every column is its own Bernoulli sample: their keep counts
+  # spread as binomials do (a hash weak in one index would show here).
+  rows = keep.reshape(-1, shape[-1]).mean(axis=1)
+  cols = keep.reshape(-1, shape[-1]).mean(axis=0)
+  for means, size in ((rows, shape[-1]), (cols, n // shape[-1])):
+    expected_sd = np.sqrt(rate * (1 - rate) / size)
+    slack = 4 / np.sqrt(2 * (means.size - 1))  # ~4 standard errors of a sample standard deviation
+    assert abs(means.std() / expected_sd - 1) < slack, (means.std(), expected_sd, means.size)
+
+
+def test_dropout_masks_are_uncorrelated_across_neighbours_and_keys():
+  shape = (4, 12, 128, 128)
+  a = np.asarray(L.keep_mask(jax.random.key(1), 0.5, shape)).astype(np.float32) - 0.5
+  b = np.asarray(L.keep_mask(jax.random.key(2), 0.5, shape)).astype(np.float32) - 0.5
+  site = np.asarray(L.keep_mask(jax.random.fold_in(jax.random.key(1), 0), 0.5, shape)).astype(np.float32) - 0.5
+  bound = 5 / np.sqrt(a.size)  # five standard errors of a correlation of independent draws
+  pairs = {"next column": (a[..., 1:], a[..., :-1]), "next row": (a[..., 1:, :], a[..., :-1, :]),
+           "next head": (a[:, 1:], a[:, :-1]), "another key": (a, b), "another site": (a, site)}
+  for name, (x, y) in pairs.items():
+    corr = float((x * y).mean() / 0.25)
+    assert abs(corr) < bound, (name, corr)
+
+
+def test_dropout_mask_is_the_same_on_any_mesh_and_under_jit():
+  from jax.sharding import NamedSharding  # noqa: PLC0415
+  from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+  key, shape = jax.random.key(7), (8, 4, 16, 24)
+  eager = np.asarray(L.keep_mask(key, 0.1, shape))
+  mesh = jax.make_mesh((4, 2), ("a", "b"))
+  for spec in (P("a"), P(None, "b", "a"), P(("a", "b"), None, None, None), P(None, None, None, "a")):
+    f = jax.jit(lambda k: L.keep_mask(k, 0.1, shape), out_shardings=NamedSharding(mesh, spec))
+    np.testing.assert_array_equal(np.asarray(f(key)), eager, err_msg=str(spec))
+  x = _x(shape)
+  dropped = np.asarray(L.dropout(x, 0.1, key))
+  np.testing.assert_array_equal(dropped == 0, ~eager)
+  np.testing.assert_allclose(dropped[eager], np.asarray(x)[eager] / 0.9, rtol=1e-6)
+  assert L.dropout(x, 0.1, None) is x and L.dropout(x, 0.0, key) is x
