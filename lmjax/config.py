@@ -225,7 +225,12 @@ class MeshConfig:
 class CheckpointConfig:
   every: int = 500  # steps between saves; the last step is always saved
   keep: int = 3  # newest checkpoints kept
-  async_save: bool = True
+  # Write checkpoints in the background while training goes on. None = auto:
+  # on accelerators yes; on the CPU backend no, because there the "device"
+  # memory is host memory and a background save first copies the whole state
+  # (parameters + optimizer state) beside it (MiniLM sentiment: ~0.2 GB lower
+  # peak RSS synchronous, same wall time).
+  async_save: bool | None = None
   # Validation metric whose best value is kept in WORKDIR/best (the final
   # test report and lmjax.predict use it); "" = the objective's default
   # (classification: accuracy; seq2seq: exact_match, or bleu for

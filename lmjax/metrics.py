@@ -55,6 +55,24 @@ def read_records(path: Path) -> list[dict]:
   return records
 
 
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports
+  torch when it is installed (only to accept torch tensors as values), which
+  put ~180 MB of torch into the resident memory of every training run on a
+  machine with torch installed; lmjax logs plain floats. Where torch is
+  already imported, nothing changes."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+  try:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional at import time)
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
   """Writes records on the main process only; others keep quiet."""
 
@@ -75,7 +93,7 @@ class MetricsWriter:
                                    if r.get("step", 0) <= start_step))
     self._file = open(self.path, "a", encoding="utf-8")
     if tensorboard:
-      from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional at import time)
+      SummaryWriter = _summary_writer_class()  # noqa: N806
       # purge_step: TensorBoard discards the events of steps >= it written by the earlier attempt.
       self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
     if progress_bar and sys.stderr.isatty():

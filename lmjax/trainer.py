@@ -508,6 +508,12 @@ class WorkdirLock:
     self._file.close()
 
 
+def async_saves(cc: config_lib.CheckpointConfig) -> bool:
+  """`checkpoint.async_save`, with None (auto) resolved: in the background on
+  accelerators, synchronous on the CPU backend (no second host copy of the state)."""
+  return cc.async_save if cc.async_save is not None else jax.default_backend() != "cpu"
+
+
 def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   """Runs (or resumes) training in `workdir`; returns the last eval metrics."""
   workdir = Path(workdir)
@@ -530,7 +536,7 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   task = tasks.get(cfg.train.objective)
   ckpt = Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
-                      async_save=cfg.checkpoint.async_save)
+                      async_save=async_saves(cfg.checkpoint))
   start = ckpt.latest_step()
   try:
     cfg = task.configure(cfg, workdir, resumed=start is not None)  # e.g. the architecture of init_from

@@ -113,3 +113,16 @@ def test_a_field_the_task_does_not_read_is_reported(tiny_cfg, capsys):
   from lmjax import trainer
   trainer.validate(config_lib.override(tiny_cfg, ["data.text_column=review"]), sh.make_mesh(-1, 1, 1))
   assert "data.text_column is set but train.objective='mlm_nsp' does not read it" in capsys.readouterr().err
+
+
+def test_async_save_defaults_to_auto_and_takes_true_or_false(tiny_cfg):
+  from lmjax import trainer  # noqa: PLC0415
+
+  assert config_lib.CheckpointConfig().async_save is None
+  assert trainer.async_saves(config_lib.CheckpointConfig()) is False  # the CPU backend: no second copy
+  cfg = tiny_cfg
+  for text, value in (("true", True), ("false", False)):
+    cc = config_lib.override(cfg, [f"checkpoint.async_save={text}"]).checkpoint
+    assert cc.async_save is value and trainer.async_saves(cc) is value
+  with pytest.raises(LmjaxError, match="checkpoint.async_save"):
+    config_lib.override(cfg, ["checkpoint.async_save=sometimes"])
