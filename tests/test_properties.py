@@ -126,3 +126,60 @@ def test_the_tokenizer_takes_any_text(small_tokenizer, texts):
   for row in ids:
     assert all(0 <= i < small_tokenizer.vocab_size for i in row)
     small_tokenizer.decode(row)
+
+
+_words = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1, max_size=12)
+_text_body = st.one_of(
+    # sentences, blank lines, CR/CRLF line ends, leading BOM
+    st.lists(st.one_of(_words, st.sampled_from([". ", "! ", "\n", "\n\n", "\r\n", "\r", "  ", "\t", "。"])),
+             max_size=40).map("".join),
+    st.builds(lambda w, n: (w + " ") * n, _words, st.integers(2_000, 40_000)),  # one huge line
+    st.just(""), st.just("\n\n  \n"))
+_file = st.one_of(
+    _text_body.map(lambda t: ("utf-8", t.encode("utf-8"))),
+    _text_body.map(lambda t: ("utf-8", b"\xef\xbb\xbf" + t.encode("utf-8"))),
+    st.sampled_from(["caf\xe9 cr\xe8me br\xfbl\xe9e.", "na\xefve r\xe9sum\xe9!"]).map(lambda t: ("latin-1", t.encode("latin-1"))),
+    st.binary(max_size=200).map(lambda b: ("bytes", b)))
+
+
+@SETTINGS
+@given(st.lists(_file, min_size=1, max_size=5), st.sampled_from(["file", "blank_line"]),
+       st.sampled_from(["error", "skip"]))
+def test_a_text_directory_reads_every_word_or_fails_clearly(files, doc_split, on_decode_error):
+  """Random files (huge lines, empty files, Latin-1 among UTF-8, random bytes)
+  in a text directory: the builder either keeps every word of every readable
+  file, in both splits' documents, or stops with an LmjaxError."""
+  import warnings  # noqa: PLC0415
+
+  from lmjax.config import DataConfig  # noqa: PLC0415
+  from lmjax.data import builders  # noqa: PLC0415
+
+  with tempfile.TemporaryDirectory() as tmp:
+    root = Path(tmp) / "corpus"
+    (root / "sub").mkdir(parents=True)
+    for i, (_, data) in enumerate(files):
+      (root / ("sub" if i % 2 else "") / f"f{i}.txt").write_bytes(data)
+    cfg = DataConfig(dataset="text_dir", text_dir=str(root), doc_split=doc_split,
+                     on_decode_error=on_decode_error, cache_dir=tmp)
+    try:
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        builder = builders.builder_for(cfg)
+    except LmjaxError as e:
+      assert str(e) and ("corpus" in str(e) or "UTF-8" in str(e)), e
+      return
+    readable = []
+    for _, data in files:
+      try:
+        readable.append(data.decode("utf-8-sig"))
+      except UnicodeDecodeError:
+        assert on_decode_error == "skip", "an undecodable file was read without an error"
+    assert len(caught) == len(files) - len(readable), "a skipped file must be named in a warning"
+    docs = builders.read_text_directory([f.resolve() for f in sorted(root.rglob("*.txt"))], root.resolve(),
+                                        doc_split, on_decode_error)
+    kept = sorted(w for _, sentences in docs for s in sentences for w in s.split())
+    assert kept == sorted(w for t in readable for w in t.split())
+    splits = text.split_documents(docs)
+    assert splits["train"] and splits["validation"]
+    assert sorted(d[0] for d in splits["train"] + splits["validation"]) == sorted(d[0] for d in docs)
+    assert builder.builder_config.doc_split == doc_split
