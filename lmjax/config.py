@@ -197,12 +197,6 @@ class TrainConfig:
   # the step). "skip": training goes on and `nonfinite_skips` counts them in
   # the metrics; "stop": the run stops at the next logging step, naming it.
   nonfinite: str = "skip"
-  # CPU backend, with lmjax.host's malloc setting on: freed blocks of at least
-  # this many MiB (a step's large temporaries) go back to the OS instead of
-  # staying in the heap for reuse. Lower peak RSS where steps of different
-  # shapes (length buckets) fragment the heap, at the price of faulting those
-  # blocks in again on every step. 0 = keep all freed memory (fastest).
-  host_release_mb: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

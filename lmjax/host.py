@@ -28,11 +28,10 @@ import sys
 
 # glibc <malloc.h>
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
-_state = {"malloc": False, "release_mb": 0}
+_state = {"malloc": False}
 
 
 def accelerator_expected() -> bool:
@@ -74,22 +73,3 @@ def keep_freed_memory() -> bool:
   # -1 disables trimming altogether (mallopt(3)); 0 mmaps = large blocks come
   # from the heap; one arena, so worker threads do not mmap heaps of their own.
   return bool(mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, -1))
-
-
-def release_large_blocks(mb: int) -> bool:
-  """Gives freed blocks of at least `mb` MiB back to the OS (glibc serves them
-  with mmap again) while smaller ones stay in the heap (`train.host_release_mb`).
-  Only where `tune` kept freed memory; may be called at any time. Lower peak
-  RSS when steps of several shapes fragment the heap (a freed 583 MB block
-  of temporaries that small allocations then split no longer fits the next
-  one); those blocks are faulted in again on every step. False when not applied."""
-  if mb < 0:
-    raise ValueError(f"host_release_mb={mb}: use 0 (keep everything) or a size in MiB")
-  if not _state["malloc"] or mb == 0:
-    return False
-  libc = ctypes.CDLL("libc.so.6")
-  libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-  applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, mb << 20) and libc.mallopt(_M_MMAP_MAX, 1 << 16))
-  if applied:
-    _state["release_mb"] = mb
-  return applied

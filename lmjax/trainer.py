@@ -29,7 +29,6 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmjax import config as config_lib
-from lmjax import host
 from lmjax import models, optim, tasks
 from lmjax import sharding as sh
 from lmjax.checkpoint import Checkpointer, param_shapes
@@ -518,12 +517,7 @@ def async_saves(cc: config_lib.CheckpointConfig) -> bool:
 def train(cfg: config_lib.Config, workdir: str | Path) -> dict:
   """Runs (or resumes) training in `workdir`; returns the last eval metrics."""
   workdir = Path(workdir)
-  if not isinstance(cfg.train.host_release_mb, int) or cfg.train.host_release_mb < 0:
-    raise LmjaxError(f"train.host_release_mb={cfg.train.host_release_mb!r}: use 0 (keep freed memory for reuse) "
-                     "or a block size in MiB, e.g. 256.")
   prepare_workdir(workdir)
-  if jax.default_backend() == "cpu":
-    host.release_large_blocks(cfg.train.host_release_mb)
   compile_cache(cfg.train.compile_cache, cfg.data.cache_dir)
   if cfg.mesh.distributed:
     initialize_distributed(cfg.mesh)

@@ -126,10 +126,3 @@ def test_async_save_defaults_to_auto_and_takes_true_or_false(tiny_cfg):
     assert cc.async_save is value and trainer.async_saves(cc) is value
   with pytest.raises(LmjaxError, match="checkpoint.async_save"):
     config_lib.override(cfg, ["checkpoint.async_save=sometimes"])
-
-
-def test_host_release_mb_must_be_a_size(tiny_cfg, tmp_path):
-  from lmjax import trainer  # noqa: PLC0415
-
-  with pytest.raises(LmjaxError, match=r"train.host_release_mb=-5: use 0"):
-    trainer.train(config_lib.override(tiny_cfg, ["train.host_release_mb=-5"]), tmp_path)

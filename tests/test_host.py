@@ -38,8 +38,8 @@ def _faults(tuning: str) -> dict:
 
 def test_freed_host_memory_is_reused_instead_of_faulted_back_in():
   default, tuned = _faults("0"), _faults("1")
-  assert default["tuned"]["malloc"] is False
-  assert tuned["tuned"]["malloc"] is True
+  assert default["tuned"] == {"malloc": False}
+  assert tuned["tuned"] == {"malloc": True}
   # 3 calls x 64 MB of fresh pages by default (4 KiB each: ~16,000 faults a call) ...
   assert default["faults"] > 20_000, default
   # ... and next to none once freed blocks stay in the heap.
@@ -52,37 +52,3 @@ def test_cpu_settings_stay_off_where_an_accelerator_is_expected(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   assert not host.accelerator_expected()
 
-
-
-_RELEASE = """
-import json, resource, sys
-from lmjax import host
-host.tune()
-released = host.release_large_blocks(int(sys.argv[1]))
-import jax, jax.numpy as jnp
-w = jnp.full((1024, 1024), 1e-3, jnp.float32)
-f = jax.jit(lambda x: (w @ jnp.tanh(w @ x)).sum(0))  # one 64 MB temporary block
-x = jnp.ones((1024, 8192), jnp.float32)
-for _ in range(2):
-  f(x).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-  f(x).block_until_ready()
-print(json.dumps({"released": released, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0}))
-"""
-
-
-def _release(mb: int) -> dict:
-  env = {**os.environ, "LMJAX_CPU_TUNING": "1", "XLA_FLAGS": ""}
-  out = subprocess.run([sys.executable, "-c", _RELEASE, str(mb)], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_large_blocks_can_go_back_to_the_os_while_small_ones_stay():
-  """train.host_release_mb: blocks at or over the size are returned (and faulted
-  in again on each call); under it, nothing changes."""
-  kept, over, under = _release(0), _release(32), _release(128)
-  assert kept["released"] is False and over["released"] is True and under["released"] is True
-  assert over["faults"] > 20_000, over  # 3 calls x 64 MB of fresh pages
-  assert under["faults"] < over["faults"] / 20 and kept["faults"] < over["faults"] / 20, (kept, over, under)
