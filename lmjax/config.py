@@ -190,7 +190,8 @@ class TrainConfig:
   init_from: str = ""
   # JAX's persistent compilation cache: a resumed or repeated run loads its
   # compiled steps instead of compiling again. "" = <data cache>/xla
-  # ($LMJAX_DATA_DIR or ~/.cache/lmjax), "off" = no cache, else a directory.
+  # ($LMJAX_DATA_DIR or ~/.cache/lmjax), "off" (or none/false/no/0) = no
+  # cache, else a directory.
   compile_cache: str = ""
   # A step whose loss or gradients are not finite (NaN / Inf) never updates the
   # parameters or the optimizer state (optax.apply_if_finite, decided inside

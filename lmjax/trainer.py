@@ -119,11 +119,17 @@ def build(cfg: config_lib.Config, mesh) -> Setup:
                batch_sharding=batch_sharding, abstract_state=abstract_state, meta=meta)
 
 
+# Words that turn the compilation cache off rather than naming a directory
+# (`--set train.compile_cache=none` once made a directory called "none").
+_OFF = ("off", "none", "false", "no", "0")
+
+
 def compile_cache(setting: str = "", data_cache: str = "") -> str | None:
   """Turns on JAX's persistent compilation cache (`train.compile_cache`): ""
-  puts it under the data cache, "off" leaves it off, anything else is the
-  directory. $JAX_COMPILATION_CACHE_DIR, when set, wins. Returns the directory."""
-  if setting == "off":
+  puts it under the data cache, "off" (or "none", "false", "no", "0") leaves
+  it off, anything else is the directory. $JAX_COMPILATION_CACHE_DIR, when
+  set, wins. Returns the directory."""
+  if setting.strip().lower() in _OFF:
     return None
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return os.environ["JAX_COMPILATION_CACHE_DIR"]

@@ -184,6 +184,14 @@ def test_persistent_compilation_cache_is_filled_once_and_then_read(tmp_path):
   print(f"compile {first['compile_time_s']:.2f}s cold, {second['compile_time_s']:.2f}s from the cache")
 
 
+def test_compile_cache_off_words_make_no_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  for word in ("off", "none", "None", "false", "no", "0"):
+    assert trainer.compile_cache(word) is None
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_compile_cache_is_a_clear_error():
   with pytest.raises(LmjaxError, match="train.compile_cache: cannot create /proc/lmjax"):
     trainer.compile_cache("/proc/lmjax/xla")
