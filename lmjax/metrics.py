@@ -55,7 +55,6 @@ def read_records(path: Path) -> list[dict]:
   return records
 
 
-
 def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports
   torch when it is installed (only to accept torch tensors as values), which
