@@ -14,6 +14,7 @@ RNG state and a train step is a pure function of (params, batch, key).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -119,8 +120,18 @@ def _materialize(g: Array) -> Array:
   return jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] * one), (jnp.int32(0), g))[1]
 
 
-@jax.custom_vjp
-def grad_boundary(x: Array) -> Array:
+def _materialize_per_shard(g: Array, layout) -> Array:
+  # Under a mesh, each device runs the loop on its own shard, with a trip count
+  # from its own first element: g[0, ...] of the global array would be one
+  # broadcast from the device holding it, a collective per layer.
+  if layout is None:
+    return _materialize(g)
+  mesh, spec = layout
+  return jax.shard_map(_materialize, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def grad_boundary(x: Array, layout=None) -> Array:
   """Identity; in the backward pass, on XLA's CPU backend, the cotangent is
   computed once into its own buffer instead of being fused into its users.
 
@@ -138,26 +149,33 @@ def grad_boundary(x: Array) -> Array:
   it before fusion. GPU and TPU lower this to the identity: a data-dependent
   loop would cost a device-to-host sync per layer there, and the duplication
   was found (and measured) on the CPU backend only.
+
+  `layout` is (mesh, PartitionSpec) of x, or None: with it the loop runs per
+  shard (`jax.shard_map`), so a sharded cotangent adds no collective.
   """
   return x
 
 
-def _grad_boundary_fwd(x):
+def _grad_boundary_fwd(x, layout):
   return x, None
 
 
-def _grad_boundary_bwd(_, g):
-  return (jax.lax.platform_dependent(g, cpu=_materialize, default=lambda g: g),)
+def _grad_boundary_bwd(layout, _, g):
+  return (jax.lax.platform_dependent(g, cpu=lambda g: _materialize_per_shard(g, layout), default=lambda g: g),)
 
 
 grad_boundary.defvjp(_grad_boundary_fwd, _grad_boundary_bwd)
 
 
-def cpu_grad_boundary(x: Array) -> Array:
-  """`grad_boundary` where the program is traced for the CPU, else x itself: a
-  custom_vjp has no forward-mode rule, so on GPUs and TPUs (where it would do
-  nothing) it stays out of the way of jax.jvp, jacfwd and hessian."""
-  return grad_boundary(x) if jax.default_backend() == "cpu" else x
+def cpu_grad_boundary(x: Array, axes: tuple[str | None, ...]) -> Array:
+  """x constrained to the logical `axes` (`shard`), then `grad_boundary` where
+  the program is traced for the CPU: a custom_vjp has no forward-mode rule, so
+  on GPUs and TPUs (where it would do nothing) it stays out of the way of
+  jax.jvp, jacfwd and hessian."""
+  x = shard(x, axes)
+  if jax.default_backend() != "cpu":
+    return x
+  return grad_boundary(x, sh.layout(axes))
 
 
 # Rematerialisation of each block in the backward pass (`model.remat`):

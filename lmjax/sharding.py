@@ -155,6 +155,15 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(axes, rules)))
 
 
+def layout(axes: Sequence[str | None]) -> tuple[Mesh, PartitionSpec] | None:
+  """(mesh, PartitionSpec) of the logical `axes` under the active rules; None outside `activation_rules`."""
+  active = getattr(_active, "value", None)
+  if active is None:
+    return None
+  mesh, rules = active
+  return mesh, spec(axes, rules)
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH, *([None] * (ndim - 1))))
 

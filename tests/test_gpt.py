@@ -262,13 +262,42 @@ def test_residual_gradient_is_materialised_once_per_layer_on_cpu(monkeypatch):
     return exe(params), widest, len(re.findall(r" while\(", text))
 
   grads, widest, loops = compiled_grad()
-  monkeypatch.setattr(L, "grad_boundary", lambda x: x)
+  monkeypatch.setattr(L, "grad_boundary", lambda x, layout=None: x)
   fused_grads, fused_widest, fused_loops = compiled_grad()
   assert loops == cfg.num_layers and fused_loops == 0
   # Without the boundary one fusion reads the inputs of all four layers (91
   # parameters in jaxlib 0.10); with it no fusion spans more than one (21).
   assert widest < 30 < 60 < fused_widest, (widest, fused_widest)
   chex.assert_trees_all_close(grads, fused_grads, rtol=1e-5, atol=1e-5)  # same gradient, up to summation order
+
+
+@pytest.mark.parametrize("rules, mesh_shape", [("dp", (8, 1, 1)), ("fsdp_tp", (2, 2, 2))])
+def test_residual_gradient_boundary_adds_no_collective_under_a_mesh(monkeypatch, rules, mesh_shape):
+  """Each device runs the boundary's loop on its own shard: the compiled
+  gradient holds as many collectives as without the boundary (its trip count
+  once came from the global g[0, 0, 0], an all-reduce per layer)."""
+  import re  # noqa: PLC0415
+  from lmjax import layers as L  # noqa: PLC0415
+  cfg = dataclasses.replace(FLAVOURS["gpt2"], num_layers=3, hidden_size=32, num_heads=2, mlp_dim=64)
+  graphdef, params = nnx.split(_model(cfg))
+  mesh = sh.make_mesh(*mesh_shape)
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (8, 16)))
+
+  def compiled_grad():
+    def loss(p):
+      with sh.activation_rules(mesh, sh.RULE_SETS[rules]):
+        return nnx.merge(graphdef, p)(ids).sum()
+    exe = jax.jit(jax.grad(loss)).lower(params).compile()
+    text = exe.as_text()
+    collectives = len(re.findall(r" (all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)(-start)?\(", text))
+    return exe(params), collectives, len(re.findall(r" while\(", text))
+
+  grads, collectives, loops = compiled_grad()
+  monkeypatch.setattr(L, "grad_boundary", lambda x, layout=None: x)
+  plain_grads, plain_collectives, plain_loops = compiled_grad()
+  assert loops == cfg.num_layers and plain_loops == 0
+  assert collectives == plain_collectives, (collectives, plain_collectives)
+  chex.assert_trees_all_close(grads, plain_grads, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -176,7 +176,7 @@ class Block(nnx.Module):
     x_btd = x_btd + L.dropout(h_btd, p, r1)
     x_btd = x_btd + L.dropout(self.mlp(self.mlp_norm(x_btd)), p, r2)
     # The residual stream's gradient is materialised here once per layer (see L.grad_boundary).
-    return L.cpu_grad_boundary(L.shard(x_btd, L.ACT_BTD)), cache
+    return L.cpu_grad_boundary(x_btd, L.ACT_BTD), cache
 
 
 class GptForCausalLM(nnx.Module):
