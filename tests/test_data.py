@@ -262,5 +262,27 @@ def test_source_archives_are_verified_and_never_built(tmp_path, monkeypatch):
       fetch.read_member(tar, "evilpkg-1.0/../../etc/passwd")
     with pytest.raises(LmjaxError, match="has no member"):
       fetch.read_member(tar, "evilpkg-1.0/data/missing.txt")
-  with pytest.raises(LmjaxError, match="Could not download missing-2.0.tar.gz from file:"):
+  with pytest.raises(LmjaxError, match=r"(?s)Could not download missing-2.0.tar.gz from any package source:.*"
+                                       r"  file:.*/simple: .*missing.*PIP_EXTRA_INDEX_URL"):
     fetch.fetch_sdist(fetch.Sdist("missing", "2.0", digest), tmp_path / "cache")
+
+
+def test_source_archives_come_from_extra_indexes_and_find_links_as_pip_would(tmp_path, monkeypatch):
+  """An archive the main index lacks is taken from an extra index, or from a
+  find-links directory, and checked against its pin all the same."""
+  from lmjax.data import fetch  # noqa: PLC0415
+  main, _, _ = _sdist_index(tmp_path / "main", name="otherpkg")
+  extra, digest, marker = _sdist_index(tmp_path / "extra")
+  monkeypatch.setenv("PIP_INDEX_URL", main)
+  monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"file://{tmp_path}/nowhere {extra}")
+  monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-links"))
+  assert fetch.archive_sources() == [main, f"file://{tmp_path}/nowhere", extra, f"find-links:{tmp_path}/no-links"]
+  got = fetch.fetch_sdist(fetch.Sdist("evilpkg", "1.0", digest), tmp_path / "cache")
+  assert got.read_bytes() == (tmp_path / "extra" / "files" / "evilpkg-1.0.tar.gz").read_bytes()
+  assert not marker.exists()
+  monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"file://{tmp_path}/nowhere")
+  monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "extra" / "files"))
+  got = fetch.fetch_sdist(fetch.Sdist("evilpkg", "1.0", digest), tmp_path / "cache2")
+  assert got.read_bytes() == (tmp_path / "extra" / "files" / "evilpkg-1.0.tar.gz").read_bytes()
+  with pytest.raises(LmjaxError, match="from file:.*has sha256 .* expected 1111"):
+    fetch.fetch_sdist(fetch.Sdist("evilpkg", "1.0", "1" * 64), tmp_path / "cache3")

