@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmjax import config as config_lib
+from lmjax import host
 from lmjax import models, optim, tasks
 from lmjax import sharding as sh
 from lmjax.checkpoint import Checkpointer, param_shapes
@@ -584,6 +585,7 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   else:
     start = 0
     state = init_state(setup, data.pretrained)
+  data.pretrained = None  # its arrays are in the state now; the host copy would stay for the whole run
   last_eval: dict = {}
   if start >= tc.steps:
     log(f"step {start} already reached train.steps={tc.steps}; nothing to do "
@@ -610,6 +612,8 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   skips, logged_at = int(jax.device_get(optim.nonfinite_skips(state["opt_state"]))), start
   stop = _StopRequest()
   host_is_device = jax.default_backend() == "cpu"
+  if host_is_device and getattr(cfg.data, "length_buckets", 1) > 1:
+    host.map_large_blocks()  # one program per bucket: step temporaries of several sizes (see lmjax.host)
   try:
     with jax.set_mesh(mesh), stop:
       while step < tc.steps:
