@@ -48,6 +48,8 @@ def test_tokenizer_has_fixed_special_ids(prepared):
   assert tok.vocab_size <= 256
   ids = tok.encode(["The king speaks."])[0]
   assert tok.decode(ids) == "The king speaks."
+  # An untrained model may emit ids past the tokenizer's pieces (model.vocab_size is larger): they read as unknown.
+  assert tok.decode(ids + [tok.vocab_size + 3, -1]) == tok.decode(ids + [tk.UNK, tk.UNK])
 
 
 def test_example_layout(prepared):
@@ -139,8 +141,8 @@ def test_missing_and_empty_corpus_directories(tmp_path):
     builders.builder_for(DataConfig(dataset="text_dir", text_dir=str(blank), cache_dir=str(tmp_path)))
   with pytest.raises(LmjaxError, match="needs data.text_dir"):
     builders.builder_for(DataConfig(dataset="text_dir", cache_dir=str(tmp_path)))
-  with pytest.raises(LmjaxError, match="Unknown data.dataset"):
-    builders.builder_for(DataConfig(dataset="wikipedia", cache_dir=str(tmp_path)))
+  with pytest.raises(LmjaxError, match="Unknown data.dataset 'no_such_corpus'"):
+    builders.builder_for(DataConfig(dataset="no_such_corpus", cache_dir=str(tmp_path)))
 
 
 def test_non_utf8_file_names_file_and_offset(tmp_path):

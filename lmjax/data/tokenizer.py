@@ -68,7 +68,10 @@ class Tokenizer:
     return self.encode(texts)
 
   def decode(self, ids) -> str:
-    return self.sp.Decode([int(i) for i in ids])
+    """Text of `ids`; an id the model has but the tokenizer does not (a vocabulary padded past the
+    tokenizer's pieces, a sentinel) reads as the unknown piece instead of stopping the decode."""
+    n = self.sp.GetPieceSize()
+    return self.sp.Decode([i if 0 <= i < n else UNK for i in map(int, ids)])
 
 
 MODEL_TYPES = ("unigram", "char")
