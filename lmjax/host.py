@@ -76,6 +76,18 @@ def keep_freed_memory() -> bool:
   return bool(mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, -1))
 
 
+def release_free_memory() -> bool:
+  """Gives the heap's free pages back to the kernel now (glibc's malloc_trim), e.g.
+  after training a tokenizer, whose large temporary allocations `tune()`'s
+  setting would otherwise keep for the rest of the run. False where unavailable."""
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+  except (OSError, AttributeError):
+    return False
+
+
 def map_large_blocks(threshold_mib: int = 64) -> bool:
   """Serves blocks of `threshold_mib` MiB and more with mmap again, returned
   to the kernel when freed; smaller ones stay in the heap. Where `tune()`'s

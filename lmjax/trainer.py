@@ -580,6 +580,12 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
       ckpt.close()
       raise LmjaxError(f"The checkpoint in {workdir} was written with train.batch_size="
                        f"{saved_data.get('global_batch')}; resume with the same batch size or a fresh --workdir.")
+    for key, value in data.stream.items():
+      if key in saved_data and saved_data[key] != value:
+        ckpt.close()
+        raise LmjaxError(f"The checkpoint in {workdir} was written with {key}={saved_data[key]} (this run has "
+                         f"{value}), which orders the data stream; resume with --set {key}={saved_data[key]} "
+                         "or use a fresh --workdir.")
     position = int(saved_data["position"])
     log(f"resuming from step {start} in {ckpt.directory}")
   else:
@@ -605,7 +611,7 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
   def data_state(at_step: int) -> dict:
     # From the step, not the iterator: the iterator may have handed out the
     # batch of a step that an interrupt cut short.
-    return {"position": position + (at_step - start) * tc.batch_size, "global_batch": tc.batch_size}
+    return {"position": position + (at_step - start) * tc.batch_size, "global_batch": tc.batch_size, **data.stream}
   step = start
   interval_start, interval_steps, excluded, tokens = None, 0, 0.0, 0
   first_step_s = None  # the first step (its program was compiled ahead, in preflight)

@@ -15,6 +15,9 @@ every later batch (lmjax.data.stream). Each process of a multi-host run builds o
 
 from __future__ import annotations
 
+import array
+import os
+
 import numpy as np
 
 from lmjax.data import tokenizer as tk
@@ -37,19 +40,31 @@ class BertExamples:
     self.order = EpochShuffle(len(self.chunks), seed, salt=0)
 
   def _chunk(self) -> np.ndarray:
-    """(doc, first sentence, end sentence) triples filling max_tokens."""
+    """(doc, first sentence, end sentence) triples filling max_tokens: a chunk
+    ends after the first sentence that brings it to max_tokens, or with its
+    document. Kept next to a memory-mapped part's cache, so a large part is
+    cut once."""
     c = self.corpus
-    lengths = np.diff(c.sent_start)
-    out = []
+    path = None if c.directory is None else c.directory / f"chunks-{self.max_tokens}.npy"
+    if path is not None and path.exists():
+      return np.load(path, mmap_mode="r")
+    sent_start = np.asarray(c.sent_start)
+    doc_start = np.asarray(c.doc_start)
+    out = array.array("q")  # 24 bytes a chunk, not a Python tuple each
     for d in range(c.num_docs):
-      start, total = c.doc_start[d], 0
-      for s in range(c.doc_start[d], c.doc_start[d + 1]):
-        total += lengths[s]
-        if total >= self.max_tokens or s == c.doc_start[d + 1] - 1:
-          if total > 0:
-            out.append((d, start, s + 1))
-          start, total = s + 1, 0
-    return np.asarray(out, np.int64).reshape(-1, 3)
+      s, end = int(doc_start[d]), int(doc_start[d + 1])
+      while s < end:
+        # The first e > s whose sentences s..e-1 hold max_tokens, or the document's end.
+        e = min(max(int(np.searchsorted(sent_start, sent_start[s] + self.max_tokens, "left")), s + 1), end)
+        if sent_start[e] > sent_start[s]:
+          out.extend((d, s, e))
+        s = e
+    chunks = np.frombuffer(out, np.int64).reshape(-1, 3) if out else np.zeros((0, 3), np.int64)
+    if path is not None:
+      tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
+      np.save(tmp, chunks)
+      tmp.replace(path)
+    return chunks
 
   def __len__(self) -> int:
     """Examples per epoch (one per chunk)."""
@@ -146,9 +161,13 @@ def _truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random
   return np.asarray(a, np.int32), np.asarray(b, np.int32)
 
 
-def pretraining_examples(cfg, workdir):
+def pretraining_examples(cfg, workdir, *, process_index: int = 0, process_count: int = 1):
   """(training examples, held-out examples, tokenizer) of a BERT pretraining run."""
   from lmjax.data import corpus  # noqa: PLC0415
-  tok, corpora = corpus.prepare(cfg, workdir)
-  return (BertExamples(corpora["train"], cfg.data, tok.vocab_size, cfg.train.seed),
-          BertExamples(corpora["validation"], cfg.data, tok.vocab_size, cfg.train.seed + 1), tok)
+  tok, corpora = corpus.prepare(cfg, workdir, process_count=process_count)
+
+  def make(part, seed):
+    return BertExamples(part, cfg.data, tok.vocab_size, seed)
+  where = {"process_index": process_index, "process_count": process_count}
+  return (corpus.sharded(cfg, corpora["train"], make, cfg.train.seed, **where),
+          corpus.sharded(cfg, corpora["validation"], make, cfg.train.seed + 1, **where), tok)

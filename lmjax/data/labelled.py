@@ -325,7 +325,7 @@ def load_labelled(data_cfg) -> Labelled:
                      f"needs labelled data: {', '.join(BUILDERS)}, labelled_files, or a tfds name such as glue/sst2.")
   else:
     try:
-      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+      builder = tfds.builder(name, data_dir=data_cfg.tfds_dir or data_dir, file_format="array_record")
     except Exception as e:  # noqa: BLE001  (tfds raises several kinds)
       raise LmjaxError(f"data.dataset={name!r} is neither an lmjax data set ({', '.join(BUILDERS)}, labelled_files) "
                        f"nor a tfds catalog name ({type(e).__name__}: {str(e).splitlines()[0]}).") from None

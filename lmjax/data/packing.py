@@ -37,31 +37,34 @@ def pack_stream(docs: list[np.ndarray], eos_id: int) -> tuple[np.ndarray, np.nda
 
 
 class PackedExamples:
-  """Random access to packed causal-LM rows by global stream index."""
+  """Random access to packed causal-LM rows by global stream index.
 
-  def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, seq_len: int, seed: int, shuffle: bool = True):
-    self.tokens, self.doc_ids = tokens, doc_ids
+  `stream` is the documents end to end with their end ids
+  (`lmjax.data.corpus.PackedTokens`, read from a memory-mapped cache).
+  """
+
+  def __init__(self, stream, seq_len: int, seed: int, shuffle: bool = True):
+    self.stream = stream
     self.seq_len = seq_len
     self.seed = seed
     self.shuffle = shuffle
-    self.num_rows = (len(tokens) - 1) // seq_len
+    self.num_rows = (len(stream) - 1) // seq_len
     if self.num_rows < 1:
-      raise LmjaxError(f"The corpus has {len(tokens)} tokens, fewer than one row of data.max_seq_len={seq_len} "
+      raise LmjaxError(f"The corpus has {len(stream)} tokens, fewer than one row of data.max_seq_len={seq_len} "
                        "(+1); add text or lower data.max_seq_len.")
     self.order = EpochShuffle(self.num_rows, seed, salt=2, shuffle=shuffle)
 
   @classmethod
   def from_documents(cls, docs: list[np.ndarray], eos_id: int, seq_len: int, seed: int, shuffle: bool = True):
-    tokens, doc_ids = pack_stream(docs, eos_id)
-    return cls(tokens, doc_ids, seq_len, seed, shuffle)
+    from lmjax.data.corpus import TokenizedCorpus  # noqa: PLC0415
+    return cls(TokenizedCorpus.from_documents(docs).packed(eos_id), seq_len, seed, shuffle)
 
   def __len__(self) -> int:
     return self.num_rows
 
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
     t = self.seq_len
-    s = self.order(k)[1] * t
-    toks, docs = self.tokens[s:s + t + 1], self.doc_ids[s:s + t + 1]
+    toks, docs = self.stream.window(self.order(k)[1] * t, t + 1)
     segment = (docs[:t] - docs[0] + 1).astype(np.int32)  # document ids are consecutive along the stream
     first = np.concatenate([[0], np.flatnonzero(np.diff(segment)) + 1])  # where each piece starts
     positions = np.arange(t, dtype=np.int32) - first[segment - 1].astype(np.int32)

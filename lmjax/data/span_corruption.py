@@ -91,9 +91,12 @@ def corrupt(tokens: np.ndarray, mask: np.ndarray, vocab_size: int, eos_id: int) 
 
 
 class SpanCorruptionExamples:
-  """Random access to span-corrupted rows by global stream index (seq2seq batch fields)."""
+  """Random access to span-corrupted rows by global stream index (seq2seq batch fields).
 
-  def __init__(self, tokens: np.ndarray, input_len: int, noise_density: float, mean_span: float, vocab_size: int,
+  `tokens`: the documents end to end with their end ids, as an array or as
+  `lmjax.data.corpus.PackedTokens` (read from a memory-mapped cache)."""
+
+  def __init__(self, tokens, input_len: int, noise_density: float, mean_span: float, vocab_size: int,
                eos_id: int, seed: int, shuffle: bool = True, start_id: int = 0):
     self.raw_len, self.target_len = lengths_for(input_len, noise_density, mean_span)
     self.tokens, self.input_len = tokens, input_len
@@ -110,7 +113,10 @@ class SpanCorruptionExamples:
 
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
     epoch, row = self.order(k)
-    raw = self.tokens[row * self.raw_len:(row + 1) * self.raw_len]
+    if isinstance(self.tokens, np.ndarray):
+      raw = self.tokens[row * self.raw_len:(row + 1) * self.raw_len]
+    else:
+      raw = self.tokens.window(row * self.raw_len, self.raw_len)[0]
     rng = np.random.default_rng([self.seed, epoch, row, SALT])
     x, y = corrupt(raw, noise_mask(rng, self.raw_len, self.noise_density, self.mean_span), self.vocab_size,
                    self.eos_id)

@@ -4,7 +4,9 @@ A task's training examples are random access: `examples[k]` is example k of
 the global stream, made deterministically from (seed, epoch, index), so the
 stream position alone (saved in checkpoints) fixes every later batch.
 `EpochShuffle` gives each epoch its own permutation; `BatchIterator` cuts
-the stream into global batches and hands each process its own rows.
+the stream into global batches and hands each process its own rows;
+`ShardedExamples` makes one such stream of several parts of a corpus so that
+each process reads only the parts its rows come from.
 """
 
 from __future__ import annotations
@@ -38,6 +40,66 @@ class EpochShuffle:
     """(epoch, row) of stream index k."""
     epoch, j = divmod(int(k), self.n)
     return epoch, (int(self.permutation(epoch)[j]) if self.shuffle else j)
+
+
+def part_seed(seed: int, part: int) -> int:
+  """The seed of part `part` of a sharded stream: `seed` itself for part 0 (so a
+  one-part stream is the unsharded one), a derived one for the others."""
+  return seed if part == 0 else int(np.random.SeedSequence([seed, part]).generate_state(1)[0])
+
+
+class ShardedExamples:
+  """One global stream over `count` parts, each a stream of its own.
+
+  Slot j of every global batch of `global_batch` rows belongs to part
+  j * count // global_batch, and that part's slots of batch b are its
+  examples b * size + 0, 1, ..., size - 1 (size = its slots per batch). The
+  processes of a multi-host run each feed a contiguous block of slots
+  (`BatchIterator`), so with `count` a multiple of the process count each
+  reads only its own count / processes parts (`local_parts`), and the stream
+  is the same for any process count that divides `count`: a checkpoint
+  resumes on another number of hosts with the same batches. With one part
+  the stream is that part's own.
+  """
+
+  def __init__(self, make_part, count: int, global_batch: int, *, process_index: int = 0, process_count: int = 1):
+    from lmjax.errors import LmjaxError  # noqa: PLC0415
+    if count > global_batch:
+      raise LmjaxError(f"data.shards={count} is more than train.batch_size={global_batch}: every batch takes "
+                       "at least one row from each part. Lower data.shards.")
+    self.make_part, self.count, self.global_batch = make_part, count, global_batch
+    self._parts: dict = {}
+    local = global_batch // process_count
+    lo, hi = process_index * local, (process_index + 1) * local
+    self.local_parts = range(lo * count // global_batch, (hi - 1) * count // global_batch + 1)
+
+  def part(self, g: int):
+    if g not in self._parts:
+      self._parts[g] = self.make_part(g)
+    return self._parts[g]
+
+  def _slots(self, g: int) -> tuple[int, int]:
+    """(first slot, slots per batch) of part g."""
+    b, n = self.global_batch, self.count
+    first = -(-g * b // n)
+    return first, -(-(g + 1) * b // n) - first
+
+  def locate(self, k: int) -> tuple[int, int]:
+    """(part, index in that part's stream) of global stream index k."""
+    batch, slot = divmod(int(k), self.global_batch)
+    g = slot * self.count // self.global_batch
+    first, size = self._slots(g)
+    return g, batch * size + slot - first
+
+  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    g, m = self.locate(k)
+    return self.part(g)[m]
+
+  def __len__(self) -> int:
+    """Examples of the stream before one of this process's parts starts its second epoch."""
+    if self.count == 1:
+      return len(self.part(0))
+    return min(len(self.part(g)) // self._slots(g)[1] for g in self.local_parts) * self.global_batch
 
 
 def stack(examples: list[dict]) -> dict[str, np.ndarray]:

@@ -60,8 +60,8 @@ class Tokenizer:
   def vocab_size(self) -> int:
     return self.sp.GetPieceSize()
 
-  def encode(self, texts: list[str]) -> list[list[int]]:
-    return self.sp.Encode(texts, out_type=int, num_threads=2)
+  def encode(self, texts: list[str], threads: int = 2) -> list[list[int]]:
+    return self.sp.Encode(texts, out_type=int, num_threads=threads)
 
   def encode_prompts(self, texts: list[str]) -> list[list[int]]:
     """Prompts for a decoder: lmjax's own models start documents without a marker."""

@@ -97,6 +97,9 @@ class TaskData:
   test: Callable[[EvalContext, Any], dict | None] | None = None  # final report on the best parameters
   best_metric: str = ""  # validation metric whose best value is kept in WORKDIR/best ("" = none)
   pretrained: dict[tuple, np.ndarray] | None = None  # {param path: array} that replace fresh parameters
+  # Settings besides the batch size that fix the training stream's order ({"data.shards": 4}): saved with
+  # the stream position, and a resume with other values is refused.
+  stream: dict = dataclasses.field(default_factory=dict)
 
 
 class Task:
@@ -188,7 +191,11 @@ def held_out(task: Task, ctx: EvalContext, params, examples, num_batches: int) -
 
   it = BatchIterator(examples, ctx.batch_size, process_index=ctx.process_index, process_count=ctx.process_count,
                      prefetch=0)
-  n = max(1, min(num_batches, len(examples) // ctx.batch_size))
+  available = len(examples) // ctx.batch_size  # a sharded stream counts this process's parts only
+  if ctx.process_count > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    available = int(np.min(multihost_utils.process_allgather(np.int64(available))))
+  n = max(1, min(num_batches, available))
   total = None
   for _ in range(n):
     stats = jax.device_get(ctx.step(params, ctx.put(next(it))))

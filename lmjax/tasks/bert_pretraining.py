@@ -56,12 +56,15 @@ class MlmNsp(base.Task):
     base.refuse_init_from(self, cfg)
 
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
+    from lmjax.data import corpus  # noqa: PLC0415
     from lmjax.data.bert_examples import pretraining_examples  # noqa: PLC0415
 
-    train, held_out, _ = pretraining_examples(cfg, workdir)
+    where = corpus.processes()
+    train, held_out, _ = pretraining_examples(cfg, workdir, **where)
     return base.TaskData(cfg, train, lambda ctx, params: base.held_out(self, ctx, params, held_out,
                                                                        cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric)
+                         best_metric=cfg.checkpoint.best_metric,
+                         stream={"data.shards": corpus.parts_count(cfg, where["process_count"])})
 
   def denominators(self, batch: dict) -> dict:
     return {

@@ -42,17 +42,16 @@ class CausalLm(base.Task):
     from lmjax.data import corpus  # noqa: PLC0415
     from lmjax.data.packing import PackedExamples  # noqa: PLC0415
 
-    tok, corpora = corpus.prepare(cfg, workdir)
-    rows = {}
-    for split, seed_offset in (("train", 0), ("validation", 1)):
-      try:
-        rows[split] = PackedExamples.from_documents(corpora[split].documents(), tok.eos_id, cfg.data.max_seq_len,
-                                                    cfg.train.seed + seed_offset)
-      except LmjaxError as e:
-        raise LmjaxError(f"{split} split: {e}") from None
+    where = corpus.processes()
+    tok, corpora = corpus.prepare(cfg, workdir, process_count=where["process_count"])
+
+    def make(part, seed):
+      return PackedExamples(part.packed(tok.eos_id), cfg.data.max_seq_len, seed)
+    rows = {split: corpus.sharded(cfg, corpora[split], make, cfg.train.seed + offset, **where)
+            for split, offset in (("train", 0), ("validation", 1))}
     return base.TaskData(cfg, rows["train"], lambda ctx, params: base.held_out(self, ctx, params, rows["validation"],
                                                                                cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric)
+                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])})
 
   def denominators(self, batch: dict) -> dict:
     return {"lm": jnp.maximum(batch["target_weights"].astype(jnp.float32).sum(), 1.0)}

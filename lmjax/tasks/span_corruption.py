@@ -53,28 +53,27 @@ class SpanCorruption(Seq2Seq):  # the loss, metrics and model of seq2seq; its ow
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
     from lmjax import models  # noqa: PLC0415
     from lmjax.data import corpus  # noqa: PLC0415
-    from lmjax.data.packing import pack_stream  # noqa: PLC0415
 
     d = cfg.data
     sentinels = sentinels_needed(cfg)
-    tok, corpora = corpus.prepare(cfg, workdir, vocab_size=cfg.model.vocab_size - sentinels)
+    where = corpus.processes()
+    tok, corpora = corpus.prepare(cfg, workdir, vocab_size=cfg.model.vocab_size - sentinels,
+                                  process_count=where["process_count"])
     if tok.vocab_size + sentinels > cfg.model.vocab_size:
       raise LmjaxError(f"The tokenizer in {workdir} has {tok.vocab_size} pieces, which leaves no room for the "
                        f"{sentinels} sentinel ids at the end of model.vocab_size={cfg.model.vocab_size}. Raise "
                        f"model.vocab_size to at least {tok.vocab_size + sentinels}, or use a fresh --workdir.")
     start_id = models.of(cfg.model).generation.start_id
-    rows = {}
-    for split, offset in (("train", 0), ("validation", 1)):
-      tokens, _ = pack_stream(corpora[split].documents(), tok.eos_id)
-      try:
-        rows[split] = sc.SpanCorruptionExamples(tokens, d.max_seq_len, d.noise_density, d.mean_noise_span_length,
-                                                cfg.model.vocab_size, tok.eos_id, cfg.train.seed + offset,
-                                                start_id=start_id)
-      except LmjaxError as e:
-        raise LmjaxError(f"{split} split: {e}") from None
+
+    def make(part, seed):
+      return sc.SpanCorruptionExamples(part.packed(tok.eos_id), d.max_seq_len, d.noise_density,
+                                       d.mean_noise_span_length, cfg.model.vocab_size, tok.eos_id, seed,
+                                       start_id=start_id)
+    rows = {split: corpus.sharded(cfg, corpora[split], make, cfg.train.seed + offset, **where)
+            for split, offset in (("train", 0), ("validation", 1))}
     return base.TaskData(cfg, rows["train"], lambda ctx, params: base.held_out(self, ctx, params, rows["validation"],
                                                                                cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric)
+                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])})
 
   def format_report(self, report: dict, title: str) -> str:
     return base.Task.format_report(self, report, title)
