@@ -380,7 +380,8 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tiny_cfg, tmp_path)
     sys.path.pop(0)
   from test_distributed import _recipe  # noqa: PLC0415
 
-  cfg = replace(tiny_cfg, train=dict(steps=16, eval_every=8), checkpoint=dict(every=2),
+  # Background saves (the CPU backend's default is synchronous), so kills also land inside checkpoint writes.
+  cfg = replace(tiny_cfg, train=dict(steps=16, eval_every=8), checkpoint=dict(every=2, async_save=True),
                 logging=dict(tensorboard=False))
   recipe = _recipe(cfg, tmp_path / "recipe.py")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

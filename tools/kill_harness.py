@@ -11,7 +11,9 @@ step exactly once.
 A kill lands a random time (0 to --max-delay seconds) after the run last
 made progress (a new line in metrics.jsonl), so kills fall inside the
 training loop: during steps, evaluations, metric writes and asynchronous
-checkpoint writes alike, not only during start-up. Prints one JSON report:
+checkpoint writes alike, not only during start-up (checkpoints are written in
+the background, `checkpoint.async_save=true`, unless a --set says otherwise:
+the CPU backend's default is synchronous). Prints one JSON report:
 kills survived, restarts, and what was compared. Exit code 0 when everything
 matches, 1 otherwise. The default test run holds a short form of it
 (tests/test_trainer.py).
@@ -47,6 +49,13 @@ def train_cmd(config: str, workdir: Path, sets: list[str]) -> list[str]:
   for s in sets:
     cmd += ["--set", s]
   return cmd
+
+
+def with_async_saves(sets: list[str]) -> list[str]:
+  """Kills must also land inside background checkpoint writes: asynchronous saves unless set otherwise."""
+  if any(s.split("=", 1)[0].strip() == "checkpoint.async_save" for s in sets):
+    return list(sets)
+  return ["checkpoint.async_save=true", *sets]
 
 
 def run_straight(cmd: list[str], env: dict, timeout: float) -> None:
@@ -127,8 +136,9 @@ def main() -> int:
   root = Path(args.root)
   shutil.rmtree(root, ignore_errors=True)
   env = dict(os.environ)
-  run_straight(train_cmd(args.config, root / "straight", args.sets), env, args.timeout)
-  report = run_with_kills(train_cmd(args.config, root / "killed", args.sets), root / "killed", env,
+  sets = with_async_saves(args.sets)
+  run_straight(train_cmd(args.config, root / "straight", sets), env, args.timeout)
+  report = run_with_kills(train_cmd(args.config, root / "killed", sets), root / "killed", env,
                           kills=args.kills, seed=args.seed, max_delay=args.max_delay, timeout=args.timeout)
   try:
     report.update(compare(root / "straight", root / "killed"))
