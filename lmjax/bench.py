@@ -32,6 +32,13 @@ processes / workers used.
 
   python -m lmjax.bench --config configs/bert_base_pretrain.py --data-only --steps 20
 
+--compile-only compiles the train step from abstract shapes (nothing is
+allocated, so it works for models larger than this machine) and prints the
+per-device bytes XLA's memory analysis gives it: parameters, optimizer
+state, temporaries, the whole step; with the compile time and XLA's FLOPs.
+
+  python -m lmjax.bench --config configs/llama_1b.py --set train.batch_size=1 --compile-only --set model.loss_chunk=256
+
 --generate (decoder and encoder-decoder recipes) times batched decoding
 instead: train.batch_size random prompts (a T5's inputs) of --prompt-len
 tokens, --new-tokens greedy steps each, with
@@ -198,6 +205,43 @@ def run(cfg, *, steps: int = 10, warmup: int = 2, mode: str = "train", seed: int
   }
 
 
+def run_compile(cfg) -> dict:
+  """The train step compiled from abstract shapes: memory and compile time, no step run."""
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from lmjax import tasks, trainer  # noqa: PLC0415
+  from lmjax import sharding as sh  # noqa: PLC0415
+
+  cfg = _resolve(cfg)
+  task = tasks.get(cfg.train.objective)
+  mesh = sh.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  trainer.validate(cfg, mesh, task)
+  setup = trainer.build(cfg, mesh)
+  train_fn, _ = trainer.compile_steps(setup)
+  fields = task.batch(cfg)
+  batch = {name: jax.ShapeDtypeStruct((cfg.train.batch_size, *f.shape), f.dtype, sharding=setup.batch_sharding[name])
+           for name, f in fields.items()}
+  t = time.perf_counter()
+  compiled = train_fn.lower(setup.abstract_state, batch).compile()
+  compile_s = time.perf_counter() - t
+  temp, total = trainer.compiled_bytes(compiled)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  n_params = sum(int(np.prod(p.shape, dtype=np.int64)) for p in jax.tree.leaves(setup.abstract_state["params"]))
+  tokens = cfg.train.batch_size * cfg.data.max_seq_len
+  return {"config": None, "mode": "compile", "family": type(cfg.model).__name__, "objective": task.name,
+          "batch_size": cfg.train.batch_size, "seq_len": cfg.data.max_seq_len, "dtype": cfg.model.dtype,
+          "remat": getattr(cfg.model, "remat", None), "loss_chunk": getattr(cfg.model, "loss_chunk", None),
+          "params": n_params, "devices": mesh.devices.size, "device_kind": jax.devices()[0].device_kind,
+          "compile_time_s": compile_s,
+          "parameter_bytes": trainer.per_device_bytes(setup.abstract_state["params"]),
+          "optimizer_state_bytes": trainer.per_device_bytes(setup.abstract_state["opt_state"]),
+          "temporary_bytes": temp, "compiled_memory_bytes": total,
+          "xla_flops_per_token": (float(cost["flops"]) * mesh.devices.size / tokens
+                                  if cost and "flops" in cost and jax.devices()[0].platform != "gpu" else None)}
+
+
 def run_generate(cfg, *, prompt_len: int = 64, new_tokens: int = 64, seed: int = 0) -> dict:
   """Decode throughput with and without the KV cache (see the module docstring)."""
   import jax  # noqa: PLC0415
@@ -325,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--generate", action="store_true", help="time batched decoding, with and without the KV cache")
   parser.add_argument("--prompt-len", type=int, default=64, help="--generate: prompt tokens per row")
   parser.add_argument("--new-tokens", type=int, default=64, help="--generate: tokens generated per row")
+  parser.add_argument("--compile-only", action="store_true",
+                      help="compile the train step from abstract shapes and report its memory; run nothing")
   parser.add_argument("--data-only", action="store_true",
                       help="time the training example stream alone (examples/s, tokens/s, per CPU-second)")
   args = parser.parse_args(argv)
@@ -332,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
   cfg = config_lib.override(config_lib.load_recipe(args.config), args.overrides)
   if args.data_only:
     result = run_data(cfg, batches=args.steps, warmup=args.warmup)
+  elif args.compile_only:
+    result = run_compile(cfg)
   elif args.generate:
     result = run_generate(cfg, prompt_len=args.prompt_len, new_tokens=args.new_tokens)
   else:

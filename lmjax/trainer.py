@@ -286,7 +286,7 @@ def compile_steps(setup: Setup):
   return train, evaluate
 
 
-def _per_device_bytes(abstract_tree) -> int:
+def per_device_bytes(abstract_tree) -> int:
   """Bytes of one device's shards of a tree of sharded ShapeDtypeStructs (the largest shard of each leaf)."""
   total = 0
   for leaf in jax.tree.leaves(abstract_tree):
@@ -343,8 +343,8 @@ def preflight(setup: Setup, train_fn):
   compile_s = time.perf_counter() - began
   params = setup.abstract_state["params"]
   n_params = sum(int(np.prod(p.shape, dtype=np.int64)) for p in jax.tree.leaves(params))
-  param_bytes = _per_device_bytes(params)
-  opt_bytes = _per_device_bytes(setup.abstract_state["opt_state"])
+  param_bytes = per_device_bytes(params)
+  opt_bytes = per_device_bytes(setup.abstract_state["opt_state"])
   temp, step_bytes = compiled_bytes(compiled)
   if step_bytes is None:
     step_bytes = param_bytes + opt_bytes

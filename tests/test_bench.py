@@ -105,3 +105,13 @@ def test_data_only_times_the_example_stream(tiny_cfg):
   assert out["mode"] == "data" and out["examples"] == 3 * tiny_cfg.train.batch_size
   assert out["examples_per_sec"] > 0 and 0 < out["tokens_per_sec"] <= out["padded_tokens_per_sec"]
   assert out["processes"] == 1 and out["workers"] == 1 and out["cpu_seconds"] >= 0
+
+
+def test_compile_only_reports_the_steps_memory_without_allocating_it(tiny_cfg):
+  """--compile-only: XLA's memory analysis of the train step from abstract shapes, the same
+  figures the trainer's start-up summary prints."""
+  from lmjax import bench
+  out = bench.run_compile(tiny_cfg)
+  assert out["mode"] == "compile" and out["params"] > 0 and out["compile_time_s"] > 0
+  assert out["parameter_bytes"] == 4 * out["params"] and out["optimizer_state_bytes"] >= 2 * out["parameter_bytes"]
+  assert out["compiled_memory_bytes"] >= out["parameter_bytes"] + out["optimizer_state_bytes"]

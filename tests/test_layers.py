@@ -289,6 +289,26 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_gradient(preset):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), results[5][2], results[0][2])
 
 
+def test_chunked_cross_entropy_keeps_the_logits_out_of_memory():
+  """The loss gradient of the chunked projection needs less than the [B, T, V]
+  float32 logits in temporaries (XLA's memory analysis); the plain one holds the
+  logits and their gradient (2x)."""
+  import optax  # noqa: PLC0415
+  b, t, d, v = 1, 128, 64, 32_000
+
+  def plain(x, w, y, wt):
+    logits = jnp.einsum("BTD,DV->BTV", x, w, preferred_element_type=jnp.float32)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, y) * wt).sum()
+
+  def temporaries(f):
+    args = (jax.ShapeDtypeStruct((b, t, d), jnp.float32), jax.ShapeDtypeStruct((d, v), jnp.float32),
+            jax.ShapeDtypeStruct((b, t), jnp.int32), jax.ShapeDtypeStruct((b, t), jnp.float32))
+    return jax.jit(jax.grad(f, argnums=(0, 1))).lower(*args).compile().memory_analysis().temp_size_in_bytes
+  logits = b * t * v * 4
+  assert temporaries(plain) >= 2 * logits
+  assert temporaries(lambda *a: L.chunked_cross_entropy(*a, 16)[0]) < logits
+
+
 @pytest.mark.parametrize("rate", [0.01, 0.1, 0.5])
 def test_dropout_keeps_each_element_with_probability_one_minus_rate(rate):
   shape = (8, 12, 64, 64)  # 393,216 draws
