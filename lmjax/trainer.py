@@ -581,10 +581,11 @@ def _train(cfg: config_lib.Config, workdir: Path) -> dict:
       raise LmjaxError(f"The checkpoint in {workdir} was written with train.batch_size="
                        f"{saved_data.get('global_batch')}; resume with the same batch size or a fresh --workdir.")
     for key, value in data.stream.items():
-      if key in saved_data and saved_data[key] != value:
+      written = saved_data.get(key, data.stream_before.get(key, value))
+      if written != value:
         ckpt.close()
-        raise LmjaxError(f"The checkpoint in {workdir} was written with {key}={saved_data[key]} (this run has "
-                         f"{value}), which orders the data stream; resume with --set {key}={saved_data[key]} "
+        raise LmjaxError(f"The checkpoint in {workdir} was written with {key}={written} (this run has "
+                         f"{value}), which orders the data stream; resume with --set {key}={written} "
                          "or use a fresh --workdir.")
     position = int(saved_data["position"])
     log(f"resuming from step {start} in {ckpt.directory}")

@@ -325,6 +325,13 @@ def test_causal_lm_trains_on_a_catalog_corpus_in_two_parts(catalog, tmp_path):
                              data=dataclasses.replace(cfg.data, shards=1))
   with pytest.raises(LmjaxError, match=r"written with data.shards=2 \(this run has 1\).*--set data.shards=2"):
     trainer.train(more, tmp_path / "run")
+  # A checkpoint from before parts existed records no count: it had one, and a run with two is refused.
+  saved = tmp_path / "run" / "checkpoints" / "3" / "data" / "metadata"  # Orbax JsonSave writes the dict here
+  state = json.loads(saved.read_text())
+  assert state.pop("data.shards") == 2
+  saved.write_text(json.dumps(state))
+  with pytest.raises(LmjaxError, match=r"written with data.shards=1 \(this run has 2\)"):
+    trainer.train(dataclasses.replace(more, data=cfg.data), tmp_path / "run")
 
 
 # --- text directories read a file at a time -----------------------------------

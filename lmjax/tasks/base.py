@@ -98,8 +98,10 @@ class TaskData:
   best_metric: str = ""  # validation metric whose best value is kept in WORKDIR/best ("" = none)
   pretrained: dict[tuple, np.ndarray] | None = None  # {param path: array} that replace fresh parameters
   # Settings besides the batch size that fix the training stream's order ({"data.shards": 4}): saved with
-  # the stream position, and a resume with other values is refused.
+  # the stream position, and a resume with other values is refused. `stream_before`: what a checkpoint
+  # that does not record a key was written with (checkpoints older than the setting).
   stream: dict = dataclasses.field(default_factory=dict)
+  stream_before: dict = dataclasses.field(default_factory=dict)
 
 
 class Task:

@@ -64,7 +64,8 @@ class MlmNsp(base.Task):
     return base.TaskData(cfg, train, lambda ctx, params: base.held_out(self, ctx, params, held_out,
                                                                        cfg.train.eval_batches),
                          best_metric=cfg.checkpoint.best_metric,
-                         stream={"data.shards": corpus.parts_count(cfg, where["process_count"])})
+                         stream={"data.shards": corpus.parts_count(cfg, where["process_count"])},
+                         stream_before={"data.shards": 1})  # checkpoints from before parts: one
 
   def denominators(self, batch: dict) -> dict:
     return {

@@ -51,7 +51,8 @@ class CausalLm(base.Task):
             for split, offset in (("train", 0), ("validation", 1))}
     return base.TaskData(cfg, rows["train"], lambda ctx, params: base.held_out(self, ctx, params, rows["validation"],
                                                                                cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])})
+                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])},
+                         stream_before={"data.shards": 1})
 
   def denominators(self, batch: dict) -> dict:
     return {"lm": jnp.maximum(batch["target_weights"].astype(jnp.float32).sum(), 1.0)}

@@ -73,7 +73,8 @@ class SpanCorruption(Seq2Seq):  # the loss, metrics and model of seq2seq; its ow
             for split, offset in (("train", 0), ("validation", 1))}
     return base.TaskData(cfg, rows["train"], lambda ctx, params: base.held_out(self, ctx, params, rows["validation"],
                                                                                cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])})
+                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])},
+                         stream_before={"data.shards": 1})
 
   def format_report(self, report: dict, title: str) -> str:
     return base.Task.format_report(self, report, title)
