@@ -165,9 +165,7 @@ def pretraining_examples(cfg, workdir, *, process_index: int = 0, process_count:
   """(training examples, held-out examples, tokenizer) of a BERT pretraining run."""
   from lmjax.data import corpus  # noqa: PLC0415
   tok, corpora = corpus.prepare(cfg, workdir, process_count=process_count)
-
-  def make(part, seed):
-    return BertExamples(part, cfg.data, tok.vocab_size, seed)
-  where = {"process_index": process_index, "process_count": process_count}
-  return (corpus.sharded(cfg, corpora["train"], make, cfg.train.seed, **where),
-          corpus.sharded(cfg, corpora["validation"], make, cfg.train.seed + 1, **where), tok)
+  train, held_out, _ = corpus.streams(
+      cfg, corpora, lambda part, seed: BertExamples(part, cfg.data, tok.vocab_size, seed),
+      process_index=process_index, process_count=process_count)
+  return train, held_out, tok

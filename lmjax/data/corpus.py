@@ -358,7 +358,19 @@ def sharded(cfg, parts: CorpusParts, make: Callable[[TokenizedCorpus, int], obje
   return stream.part(0) if len(parts) == 1 else stream
 
 
+def streams(cfg, corpora: dict[str, CorpusParts], make: Callable[[TokenizedCorpus, int], object], *,
+            process_index: int = 0, process_count: int = 1) -> tuple[object, object, dict]:
+  """(training stream, held-out stream, TaskData fields) of a pretraining task from
+  `prepare`'s parts: `make(part, seed)` makes one part's examples (training from
+  train.seed, held-out from train.seed + 1). The fields record the part count with
+  the checkpoint's stream position; a checkpoint from before parts had one."""
+  where = {"process_index": process_index, "process_count": process_count}
+  train = sharded(cfg, corpora["train"], make, cfg.train.seed, **where)
+  held_out = sharded(cfg, corpora["validation"], make, cfg.train.seed + 1, **where)
+  return train, held_out, {"stream": {"data.shards": len(corpora["train"])}, "stream_before": {"data.shards": 1}}
+
+
 def processes() -> dict:
-  """This process's place among the run's processes, for `prepare` and `sharded`."""
+  """This process's place among the run's processes, for `prepare` and `streams`."""
   import jax  # noqa: PLC0415
   return {"process_index": jax.process_index(), "process_count": jax.process_count()}

@@ -16,6 +16,8 @@ import threading
 
 import numpy as np
 
+from lmjax.errors import LmjaxError
+
 
 class EpochShuffle:
   """Row order per epoch: example k of the stream is row perm(k // n)[k % n].
@@ -63,7 +65,6 @@ class ShardedExamples:
   """
 
   def __init__(self, make_part, count: int, global_batch: int, *, process_index: int = 0, process_count: int = 1):
-    from lmjax.errors import LmjaxError  # noqa: PLC0415
     if count > global_batch:
       raise LmjaxError(f"data.shards={count} is more than train.batch_size={global_batch}: every batch takes "
                        "at least one row from each part. Lower data.shards.")

@@ -57,15 +57,15 @@ class MlmNsp(base.Task):
 
   def open(self, cfg, workdir: Path, mesh, resumed: bool) -> base.TaskData:
     from lmjax.data import corpus  # noqa: PLC0415
-    from lmjax.data.bert_examples import pretraining_examples  # noqa: PLC0415
+    from lmjax.data.bert_examples import BertExamples  # noqa: PLC0415
 
     where = corpus.processes()
-    train, held_out, _ = pretraining_examples(cfg, workdir, **where)
+    tok, corpora = corpus.prepare(cfg, workdir, process_count=where["process_count"])
+    train, held_out, fields = corpus.streams(
+        cfg, corpora, lambda part, seed: BertExamples(part, cfg.data, tok.vocab_size, seed), **where)
     return base.TaskData(cfg, train, lambda ctx, params: base.held_out(self, ctx, params, held_out,
                                                                        cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric,
-                         stream={"data.shards": corpus.parts_count(cfg, where["process_count"])},
-                         stream_before={"data.shards": 1})  # checkpoints from before parts: one
+                         best_metric=cfg.checkpoint.best_metric, **fields)
 
   def denominators(self, batch: dict) -> dict:
     return {

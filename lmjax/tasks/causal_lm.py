@@ -44,15 +44,11 @@ class CausalLm(base.Task):
 
     where = corpus.processes()
     tok, corpora = corpus.prepare(cfg, workdir, process_count=where["process_count"])
-
-    def make(part, seed):
-      return PackedExamples(part.packed(tok.eos_id), cfg.data.max_seq_len, seed)
-    rows = {split: corpus.sharded(cfg, corpora[split], make, cfg.train.seed + offset, **where)
-            for split, offset in (("train", 0), ("validation", 1))}
-    return base.TaskData(cfg, rows["train"], lambda ctx, params: base.held_out(self, ctx, params, rows["validation"],
-                                                                               cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])},
-                         stream_before={"data.shards": 1})
+    train, held_out, fields = corpus.streams(
+        cfg, corpora, lambda part, seed: PackedExamples(part.packed(tok.eos_id), cfg.data.max_seq_len, seed), **where)
+    return base.TaskData(cfg, train, lambda ctx, params: base.held_out(self, ctx, params, held_out,
+                                                                       cfg.train.eval_batches),
+                         best_metric=cfg.checkpoint.best_metric, **fields)
 
   def denominators(self, batch: dict) -> dict:
     return {"lm": jnp.maximum(batch["target_weights"].astype(jnp.float32).sum(), 1.0)}

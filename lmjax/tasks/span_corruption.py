@@ -69,12 +69,10 @@ class SpanCorruption(Seq2Seq):  # the loss, metrics and model of seq2seq; its ow
       return sc.SpanCorruptionExamples(part.packed(tok.eos_id), d.max_seq_len, d.noise_density,
                                        d.mean_noise_span_length, cfg.model.vocab_size, tok.eos_id, seed,
                                        start_id=start_id)
-    rows = {split: corpus.sharded(cfg, corpora[split], make, cfg.train.seed + offset, **where)
-            for split, offset in (("train", 0), ("validation", 1))}
-    return base.TaskData(cfg, rows["train"], lambda ctx, params: base.held_out(self, ctx, params, rows["validation"],
-                                                                               cfg.train.eval_batches),
-                         best_metric=cfg.checkpoint.best_metric, stream={"data.shards": len(corpora["train"])},
-                         stream_before={"data.shards": 1})
+    train, held_out, fields = corpus.streams(cfg, corpora, make, **where)
+    return base.TaskData(cfg, train, lambda ctx, params: base.held_out(self, ctx, params, held_out,
+                                                                       cfg.train.eval_batches),
+                         best_metric=cfg.checkpoint.best_metric, **fields)
 
   def format_report(self, report: dict, title: str) -> str:
     return base.Task.format_report(self, report, title)
