@@ -16,7 +16,10 @@ the held-out `data.corpus_eval_split`.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -162,10 +165,6 @@ class LargeTextDirectory:
     self.data_dir = str(cache / "text_dirs" / self.builder_config.name)
 
   def download_and_prepare(self) -> None:
-    import json  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-
     from array_record.python.array_record_module import ArrayRecordWriter  # noqa: PLC0415
     out = Path(self.data_dir)
     if (out / "meta.json").exists():
@@ -209,7 +208,6 @@ class LargeTextDirectory:
       shutil.rmtree(tmp, ignore_errors=True)
 
   def as_data_source(self) -> dict:
-    import json  # noqa: PLC0415
     meta = json.loads((Path(self.data_dir) / "meta.json").read_text())
     return {split: _TextRecords([str(Path(self.data_dir) / f) for f in files]) for split, files in meta["shards"].items()}
 
@@ -324,7 +322,6 @@ def catalog_builder(data_cfg) -> tfds.core.DatasetBuilder:
                      f"{str(e).splitlines()[0] if str(e) else ''}).") from None
   info_file = Path(as_prepared.data_dir) / "dataset_info.json"
   if info_file.exists():
-    import json  # noqa: PLC0415
     info = json.loads(info_file.read_text())
     formats = [info.get("fileFormat") or "tfrecord", *info.get("alternativeFileFormats", [])]
     if "array_record" not in formats:
