@@ -356,15 +356,8 @@ def _prepare_catalog(builder, name: str) -> None:
   if Path(builder.data_dir).joinpath("dataset_info.json").exists():
     return
   log(f"preparing tfds data set {name} in {builder.data_dir} (this downloads it)")
-  try:
-    builder.download_and_prepare()
-  except LmjaxError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise LmjaxError(f"Could not prepare data set {name!r} in {builder.data_dir}: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''}. Prepare it where the internet is reachable "
-                     f"(`tfds build {name} --file_format=array_record --data_dir=DIR`) and set "
-                     "data.tfds_dir=DIR.") from None
+  fetch.prepare(builder, name, f"Prepare it where the internet is reachable (`tfds build {name} "
+                "--file_format=array_record --data_dir=DIR`) and set data.tfds_dir=DIR.")
 
 
 def _split_source(builder, spec: str, what: str):

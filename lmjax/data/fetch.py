@@ -271,3 +271,16 @@ def local_info(info):
   nothing there, so this instance skips the lookup."""
   info.initialize_from_bucket = lambda: None
   return info
+
+
+def prepare(builder, name: str, hint: str = "") -> None:
+  """builder.download_and_prepare(), with any failure from inside tfds (not an
+  LmjaxError) as one LmjaxError naming the data set, where, and `hint`."""
+  try:
+    builder.download_and_prepare()
+  except LmjaxError:
+    raise
+  except Exception as e:  # noqa: BLE001  (tfds and the builders raise many kinds)
+    first = str(e).splitlines()[0] if str(e).strip() else ""
+    raise LmjaxError(f"Could not prepare data set {name!r} in {builder.data_dir}: {type(e).__name__}: {first}"
+                     + (f". {hint}" if hint else "")) from None

@@ -331,12 +331,7 @@ def load_labelled(data_cfg) -> Labelled:
                        f"nor a tfds catalog name ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
-  try:
-    builder.download_and_prepare()
-  except LmjaxError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise LmjaxError(f"Could not prepare data set {name!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+  fetch.prepare(builder, name)
   features = builder.info.features
   for key, column in (("text_column", text_col), ("text_pair_column", pair_col), ("label_column", label_col)):
     if column and column not in features:

@@ -171,13 +171,7 @@ def _prepared(builder) -> dict:
     tfds.disable_progress_bar()
   if not Path(builder.data_dir).joinpath("dataset_info.json").exists():
     log(f"preparing data set {builder.name} in {builder.data_dir}")
-  try:
-    builder.download_and_prepare()
-  except LmjaxError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise LmjaxError(f"Could not prepare data set {builder.name!r}: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0]}") from None
+  fetch.prepare(builder, builder.name)
   return builder.as_data_source()
 
 
