@@ -17,7 +17,14 @@ GELU MLP; float32; forward + backward), in one process, best of --repeats:
 
 and prints each as matmul GFLOP/s (the same matmul FLOP count divided by each
 time), so "together" vs "alone" is the in-graph matmul slowdown and "block" vs
-"together" is the price of the elementwise work. One JSON line at the end.
+"together" is the price of the elementwise work.
+
+"together" and "block" are measured twice: with the weight projections written
+as einsums over [B, T, D] activations (`btd,df->btf`, as lmjax wrote them until
+2026-12-04) and as 2-D matmuls of the activations reshaped to [B*T, D]
+(`*_flat`, what `lmjax.layers.matmul` does on the CPU). On XLA:CPU the einsum
+form's backward pass makes a transposed copy of each output gradient for the
+weight gradient; the flat form makes none. One JSON line at the end.
 """
 
 from __future__ import annotations
@@ -46,23 +53,31 @@ def layer_norm(x):
   return (x - m) * jax.lax.rsqrt(((x - m) ** 2).mean(-1, keepdims=True) + 1e-5)
 
 
-def block(p, x, with_elementwise: bool):
+def project(x, w, contract: int, flat: bool):
+  """x [..., *c] @ w [*c, *o]: an einsum (flat=False) or one 2-D matmul of the reshaped operands."""
+  lead, c = x.shape[:x.ndim - contract], math.prod(x.shape[x.ndim - contract:])
+  if flat:
+    return (x.reshape(-1, c) @ w.reshape(c, -1)).reshape(*lead, *w.shape[contract:])
+  return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract))), ((), ())))
+
+
+def block(p, x, with_elementwise: bool, flat: bool = False):
   b, t, d = x.shape
   n = p["q"].shape[1]
   h = x if not with_elementwise else layer_norm(x)
-  q = jnp.einsum("btd,dnh->btnh", h, p["q"])
-  k = jnp.einsum("btd,dnh->btnh", h, p["k"])
-  v = jnp.einsum("btd,dnh->btnh", h, p["v"])
+  q = project(h, p["q"], 1, flat)
+  k = project(h, p["k"], 1, flat)
+  v = project(h, p["v"], 1, flat)
   s = jnp.einsum("btnh,bsnh->bnts", q, k)
   if with_elementwise:
     s = jax.nn.softmax(s / math.sqrt(q.shape[-1]) + jnp.where(jnp.tril(jnp.ones((t, t), bool)), 0.0, -1e9), -1)
   o = jnp.einsum("bnts,bsnh->btnh", s, v)
-  x = x + jnp.einsum("btnh,nhd->btd", o, p["o"])
+  x = x + project(o, p["o"], 2, flat)
   h = x if not with_elementwise else layer_norm(x)
-  u = jnp.einsum("btd,df->btf", h, p["up"])
+  u = project(h, p["up"], 1, flat)
   if with_elementwise:
     u = jax.nn.gelu(u)
-  return x + jnp.einsum("btf,fd->btd", u, p["down"]) * (1 / n if not with_elementwise else 1.0)
+  return x + project(u, p["down"], 1, flat) * (1 / n if not with_elementwise else 1.0)
 
 
 def main() -> int:
@@ -82,13 +97,13 @@ def main() -> int:
              "down": rnd(f, d)} for _ in range(a.layers)]
   x = rnd(b, t, d)
 
-  def loss(params, x, with_elementwise):
+  def loss(params, x, with_elementwise, flat):
     for p in params:
-      x = block(p, x, with_elementwise)
+      x = block(p, x, with_elementwise, flat)
     return jnp.sum(x * x)
 
-  together = jax.jit(jax.grad(lambda p, x: loss(p, x, False), argnums=(0, 1)))
-  full = jax.jit(jax.grad(lambda p, x: loss(p, x, True), argnums=(0, 1)))
+  steps = {(e, f): jax.jit(jax.grad(lambda p, x, e=e, f=f: loss(p, x, e, f), argnums=(0, 1)))
+           for e in (False, True) for f in (False, True)}
 
   # Every matmul of one block's forward and backward, as [M, K] x [K, N] (or batched) products.
   bt = b * t
@@ -110,19 +125,21 @@ def main() -> int:
   for m, k, nn in batched:
     alone += best(bmm, rnd(b * n, m, k), rnd(b * n, k, nn), repeats=a.repeats)
   alone *= a.layers
-  t_together = best(together, params, x, repeats=a.repeats)
-  t_full = best(full, params, x, repeats=a.repeats)
+  times = {key: best(fn, params, x, repeats=a.repeats) for key, fn in steps.items()}
   s = 1024
   chain = jax.jit(lambda u, w: jnp.tanh(jnp.tanh(jnp.tanh(jnp.tanh(u @ w) @ w) @ w) @ w))
   t_peak = best(chain, rnd(s, s), rnd(s, s), repeats=a.repeats)
-  rates = {"alone": flops / alone, "together": flops / t_together, "block": flops / t_full,
-           "peak": 4 * 2 * s**3 / t_peak}
+  rates = {"alone": flops / alone, "together": flops / times[False, False], "together_flat": flops / times[False, True],
+           "block": flops / times[True, False], "block_flat": flops / times[True, True], "peak": 4 * 2 * s**3 / t_peak}
   for name, r in rates.items():
-    print(f"{name:9s} {r / 1e9:7.1f} GFLOP/s")
+    print(f"{name:13s} {r / 1e9:7.1f} GFLOP/s")
   print(json.dumps({"layers": a.layers, "batch": b, "seq": t, "width": d, "heads": n, "matmul_gflop": flops / 1e9,
                     "jax": jax.__version__, "devices": str(jax.devices()[0].device_kind),
                     **{f"{k}_gflops": round(v / 1e9, 1) for k, v in rates.items()},
-                    "together_vs_alone": round(alone / t_together, 3), "block_vs_together": round(t_together / t_full, 3)}))
+                    "together_vs_alone": round(alone / times[False, False], 3),
+                    "together_flat_vs_alone": round(alone / times[False, True], 3),
+                    "block_vs_together": round(times[False, False] / times[True, False], 3),
+                    "block_flat_vs_block": round(times[True, False] / times[True, True], 3)}))
   return 0
 
 

@@ -93,6 +93,39 @@ def _masks(b, t, s, n):
   return {"none": None, "padding": pad, "segments": segments, "relative+padding": relative + pad}
 
 
+@pytest.mark.parametrize("x_shape, w_shape, contract, transposed", [
+    ((2, 5, 8), (8, 12), 1, False),  # Dense: BTD,DF->BTF
+    ((2, 5, 8), (8, 3, 4), 1, False),  # attention projection: BTD,DNH->BTNH
+    ((2, 5, 3, 4), (3, 4, 8), 2, False),  # attention output: BTNH,NHD->BTD
+    ((2, 5, 8), (11, 8), 1, True),  # tied vocabulary projection: BTD,VD->BTV
+])
+def test_matmul_flattened_equals_the_einsum_values_and_gradients(x_shape, w_shape, contract, transposed):
+  """The 2-D matmul XLA:CPU gets (flatten=True) and the einsum other backends
+  get compute the same product, gradients and forward-mode tangents."""
+  x, w = _x(x_shape), _x(w_shape, seed=1)
+  subs = "abcdefgh"
+  xs = subs[:len(x_shape)]
+  ws = (subs[5:5 + len(w_shape) - contract] + xs[len(x_shape) - contract:] if transposed
+        else xs[len(x_shape) - contract:] + subs[5:5 + len(w_shape) - contract])
+  out = xs[:len(x_shape) - contract] + (ws[:len(w_shape) - contract] if transposed else ws[contract:])
+  want = jnp.einsum(f"{xs},{ws}->{out}", x, w)
+  cotangent = _x(want.shape, seed=2)
+  results = {}
+  for flatten in (True, False):
+    def f(x, w, flatten=flatten):
+      return L.matmul(x, w, contract, w_transposed=transposed, flatten=flatten)
+    y, vjp = jax.vjp(f, x, w)
+    _, tangent = jax.jvp(f, (x, w), (jnp.ones_like(x), jnp.ones_like(w)))
+    results[flatten] = (y, *vjp(cotangent), tangent)
+  np.testing.assert_allclose(results[True][0], want, rtol=1e-5, atol=1e-5)
+  for a, b in zip(results[True], results[False]):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  mixed = L.matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), contract, w_transposed=transposed,
+                   preferred_element_type=jnp.float32)
+  assert mixed.dtype == jnp.float32 and mixed.shape == want.shape
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("mask", ["none", "padding", "segments", "relative+padding"])
 @pytest.mark.parametrize("causal", [False, True])

@@ -223,7 +223,7 @@ class GptForCausalLM(nnx.Module):
     if self.lm_head is None:
       logits_btv = self.embed.attend(x_btd)
     else:
-      logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
+      logits_btv = L.matmul(x_btd, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
     return logits_btv.astype(jnp.float32), (None if caches is None else new_caches)
 
   def __call__(self, ids_bt: Array, positions_bt: Array | None = None, segment_ids_bt: Array | None = None, *,

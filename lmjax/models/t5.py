@@ -280,8 +280,7 @@ class T5ForConditionalGeneration(nnx.Module):
     if self.lm_head is None:
       logits_btv = self.embed.attend(x_btd * jnp.asarray(self.cfg.hidden_size ** -0.5, x_btd.dtype))
     else:
-      logits_btv = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(x_btd.dtype),
-                              preferred_element_type=jnp.float32)
+      logits_btv = L.matmul(x_btd, self.lm_head[...].astype(x_btd.dtype), preferred_element_type=jnp.float32)
     return logits_btv.astype(jnp.float32)
 
   def decode(self, ids_bt: Array, enc_bsd: Array, segments_bs: Array, decoder_segments_bt: Array | None = None, *,
