@@ -1,5 +1,7 @@
 """The shared blocks: one attention and one MLP serve every family."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -387,3 +389,25 @@ def test_dropout_mask_is_the_same_on_any_mesh_and_under_jit():
   np.testing.assert_array_equal(dropped == 0, ~eager)
   np.testing.assert_allclose(dropped[eager], np.asarray(x)[eager] / 0.9, rtol=1e-6)
   assert L.dropout(x, 0.1, None) is x and L.dropout(x, 0.0, key) is x
+
+
+def _layout_copies(hlo: str) -> list[str]:
+  """Instructions of an optimised CPU HLO module that copy an array into another layout."""
+  return [line.strip()[:120] for line in hlo.splitlines()
+          if re.search(r"= \S+ (copy|transpose)\(|^\s*%(copy|transpose)\w*fusion\S* = ", line)]
+
+
+def test_mlp_backward_on_the_cpu_makes_no_transposed_copy():
+  """The weight projections reach XLA:CPU as 2-D matmuls (`L.matmul`), so the
+  backward pass of an MLP block reads its output gradients in place: as
+  einsums over [B, T, D] the compiled program wrote a transposed copy of the
+  [B, T, F] gradient for each weight gradient (docs/performance.md, "Matmul
+  operand shapes")."""
+  mlp = L.Mlp(64, 256, activation="relu", use_bias=False, init_std=0.1, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(mlp)
+
+  def loss(params, x):
+    return jnp.sum(jnp.tanh(nnx.merge(graphdef, params)(x)))
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, _x((4, 32, 64))).compile().as_text()
+  assert jax.default_backend() == "cpu"
+  assert not _layout_copies(hlo)
