@@ -258,7 +258,6 @@ def matmul(x: Array, w: Array, contract: int = 1, *, w_transposed: bool = False,
   sums differently)."""
   if flatten is None:
     flatten = jax.default_backend() == "cpu"
-  nc = tuple(range(contract)) if not w_transposed else tuple(range(w.ndim - contract, w.ndim))
   lead = x.shape[:x.ndim - contract]
   out = w.shape[contract:] if not w_transposed else w.shape[:w.ndim - contract]
   if flatten:
@@ -267,7 +266,8 @@ def matmul(x: Array, w: Array, contract: int = 1, *, w_transposed: bool = False,
     y = jax.lax.dot_general(x.reshape(-1, c), w2, (((1,), (1 if w_transposed else 0,)), ((), ())),
                             preferred_element_type=preferred_element_type)
     return y.reshape(*lead, *out)
-  return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - contract, x.ndim)), nc), ((), ())),
+  w_contracted = tuple(range(contract)) if not w_transposed else tuple(range(w.ndim - contract, w.ndim))
+  return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - contract, x.ndim)), w_contracted), ((), ())),
                              preferred_element_type=preferred_element_type)
 
 
