@@ -476,10 +476,16 @@ def causal_bias(t: int, s: int) -> Array:
 
 
 def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array | None, *, causal: bool = False,
-           implementation: str = "einsum", dropout_rate: float = 0.0, rng: Array | None = None) -> Array:
+           implementation: str = "einsum", dropout_rate: float = 0.0, rng: Array | None = None,
+           cpu_vjp: bool | None = None) -> Array:
   """Softmax attention of pre-scaled queries; N query heads share K key/value
   heads (N = K x G). `bias`: additive float32 or None, broadcastable to
-  [B, N, T, S]; `causal` adds the causal mask. Returns [B, T, N, H]."""
+  [B, N, T, S]; `causal` adds the causal mask. Returns [B, T, N, H].
+
+  The einsum kernel's backward pass: where the program is traced for the CPU
+  (`cpu_vjp` None) or `cpu_vjp=True`, `_softmax_attention`'s, written so that
+  XLA:CPU transposes no [B, N, T, S] array; elsewhere autodiff's (a
+  custom_vjp has no forward-mode rule, so GPUs and TPUs keep jax.jvp)."""
   dropping = rng is not None and dropout_rate > 0
   impl = pick_attention(implementation, q_btnh.dtype, dropping)
   b, t, n, h = q_btnh.shape
@@ -499,19 +505,83 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array | None, *, c
     bias = causal_bias(t, s) if bias is None else bias + causal_bias(t, s)
   if bias is None:
     bias = jnp.zeros((1, 1, 1, 1), jnp.float32)
-  f32 = jnp.float32
+  words = None
+  if dropping:
+    words = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+    words = words.reshape(-1).astype(jnp.uint32)
+  rate = float(dropout_rate) if dropping else 0.0
+  if cpu_vjp is None:
+    cpu_vjp = jax.default_backend() == "cpu"
+  fn = _softmax_attention if cpu_vjp else _softmax_attention_fwd_only
   if k == n:  # multi-head: no group axis
-    logits_bnts = jnp.einsum("BTNH,BSNH->BNTS", q_btnh, k_bskh, preferred_element_type=f32)
-    probs_bnts = jax.nn.softmax(logits_bnts + bias, axis=-1).astype(q_btnh.dtype)
-    probs_bnts = dropout(probs_bnts, dropout_rate, rng)
-    return jnp.einsum("BNTS,BSNH->BTNH", probs_bnts, v_bskh)
+    return fn(q_btnh, k_bskh, v_bskh, bias, rate, words)
   g = n // k
   bias_bkgts = bias[:, :, None] if bias.shape[1] == 1 else bias.reshape(bias.shape[0], k, g, *bias.shape[2:])
-  q_btkgh = q_btnh.reshape(b, t, k, g, h)
-  logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh, preferred_element_type=f32)
-  probs_bkgts = jax.nn.softmax(logits_bkgts + bias_bkgts, axis=-1).astype(q_btnh.dtype)
-  probs_bkgts = dropout(probs_bkgts, dropout_rate, rng)
-  return jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh).reshape(b, t, n, h)
+  return fn(q_btnh.reshape(b, t, k, g, h), k_bskh, v_bskh, bias_bkgts, rate, words).reshape(b, t, n, h)
+
+
+def _specs(q):
+  # einsum subscripts of (queries, keys/values, scores, K and V gradients transposed):
+  # multi-head [B, T, N, H] queries, or grouped [B, T, K, G, H] (N = K x G query heads per kv head)
+  if q.ndim == 4:
+    return "BTNH", "BSNH", "BNTS", "BNHS"
+  return "BTKGH", "BSKH", "BKGTS", "BKHS"
+
+
+def _attention_probs(q, k, bias):
+  qs, ks, ps, _ = _specs(q)
+  logits = jnp.einsum(f"{qs},{ks}->{ps}", q, k, preferred_element_type=jnp.float32)
+  return jax.nn.softmax(logits + bias, axis=-1)  # float32
+
+
+def _attention_drop(p, rate, words):
+  return p if words is None else jnp.where(keep_mask(words, rate, p.shape), p / (1.0 - rate), 0)
+
+
+def _softmax_attention_fwd_only(q, k, v, bias, rate, words):
+  qs, ks, ps, _ = _specs(q)
+  probs = _attention_drop(_attention_probs(q, k, bias).astype(q.dtype), rate, words)
+  return jnp.einsum(f"{ps},{ks}->{qs}", probs, v)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _softmax_attention(q, k, v, bias, rate, words):
+  """`_softmax_attention_fwd_only` with a backward pass written for XLA:CPU.
+
+  Autodiff of the two einsums computes dV = P^T dO and dK = dS^T Q: products
+  that contract the [B, N, T, S] probabilities and score gradients on their
+  T axis, and XLA:CPU feeds its dot with a transposed copy of those large
+  arrays. Here the same gradients come transposed, dV^T = dO^T P and
+  dK^T = Q^T dS ([B, N, H, S] results), so that only arrays of the size of
+  Q, K and V get transposed. The dropout mask is recomputed from its hash,
+  and the gradient of `bias` (T5's trained relative position bias) is the
+  score gradient summed over the axes the bias broadcasts along. Same
+  gradients as autodiff up to float32 rounding (`tests/test_layers.py`)."""
+  return _softmax_attention_fwd_only(q, k, v, bias, rate, words)
+
+
+def _softmax_attention_fwd(q, k, v, bias, rate, words):
+  qs, ks, ps, _ = _specs(q)
+  p = _attention_probs(q, k, bias)
+  out = jnp.einsum(f"{ps},{ks}->{qs}", _attention_drop(p.astype(q.dtype), rate, words), v)
+  return out, (q, k, v, bias, p, words)
+
+
+def _softmax_attention_bwd(rate, res, d_out):
+  q, k, v, bias, p, words = res
+  qs, ks, ps, kts = _specs(q)
+  to_bskh = (0, 3, 1, 2)  # [B, K, H, S] -> [B, S, K, H]
+  dv = jnp.einsum(f"{qs},{ps}->{kts}", d_out, _attention_drop(p.astype(q.dtype), rate, words)).transpose(to_bskh)
+  dp = _attention_drop(jnp.einsum(f"{qs},{ks}->{ps}", d_out, v, preferred_element_type=jnp.float32), rate, words)
+  ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))).astype(q.dtype)  # softmax backward
+  dq = jnp.einsum(f"{ps},{ks}->{qs}", ds, k)
+  dk = jnp.einsum(f"{qs},{ps}->{kts}", q, ds).transpose(to_bskh)
+  summed = tuple(i for i, (a, c) in enumerate(zip(bias.shape, ds.shape)) if a == 1 and c != 1)
+  d_bias = jnp.sum(ds.astype(jnp.float32), axis=summed, keepdims=True).astype(bias.dtype)
+  return dq, dk.astype(k.dtype), dv.astype(v.dtype), d_bias, None
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def chunked_cross_entropy(x_btd: Array, w_dv: Array, labels_bt: Array, weights_bt: Array, chunk: int

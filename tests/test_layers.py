@@ -1,5 +1,6 @@
 """The shared blocks: one attention and one MLP serve every family."""
 
+import functools
 import re
 
 import jax
@@ -151,6 +152,34 @@ def test_xla_attention_equals_einsum_values_and_gradients(kv_heads, mask, causal
     g_impl = jax.grad(loss, argnums=4)("xla", q, k, v, bias)
     g_ref = jax.grad(loss, argnums=4)("einsum", q, k, v, bias)
     np.testing.assert_allclose(g_impl, g_ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("mask", ["none", "padding", "relative+padding"])
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_cpu_attention_backward_equals_autodiff(kv_heads, mask, dropout):
+  """The einsum kernel's hand-written backward pass (`cpu_vjp=True`, the
+  default on the CPU) = autodiff of the same forward pass, in value and in
+  the gradients of q, k, v and the bias (T5's relative bias is trained),
+  with multi-head, grouped and multi-query heads, causal masking and dropout
+  (the mask recomputed in the backward pass must be the forward one)."""
+  q, k, v = _qkv(2, 8, 8, 4, kv_heads, 16)
+  bias = _masks(2, 8, 8, 4)[mask]
+  rng = jax.random.key(5) if dropout else None
+
+  def loss(cpu_vjp, q, k, v, bias):
+    out = L.attend(q, k, v, bias, causal=mask == "none", dropout_rate=dropout, rng=rng, cpu_vjp=cpu_vjp)
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
+
+  argnums = (1, 2, 3, 4) if bias is not None else (1, 2, 3)
+  (value, grads), (ref_value, ref_grads) = (jax.value_and_grad(loss, argnums=argnums)(cv, q, k, v, bias)
+                                            for cv in (True, False))
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for a, b in zip(grads, ref_grads):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  uses_custom_rule = "custom_vjp_call" in str(jax.make_jaxpr(functools.partial(loss, None))(q, k, v, bias))
+  assert uses_custom_rule == (jax.default_backend() == "cpu")
 
 
 def test_causal_flag_equals_a_causal_bias_and_covers_cache_offsets():
