@@ -394,3 +394,33 @@ def test_a_vocabulary_over_65536_pieces_is_stored_as_int32(tmp_path):
   part = corpus.TokenizedCorpus.write(iter([["a", "b"], ["c"]]), 2, Big(), tmp_path / "p")
   assert part.tokens.dtype == np.int32 and part.tokens.tolist() == [69_999, 5] * 3
   assert part.doc_start.tolist() == [0, 2, 3] and part.doc_tokens.tolist() == [0, 4, 6]
+
+
+def test_two_processes_preparing_one_data_set_write_it_once(tmp_path, corpus_dir):
+  """`fetch.prepare` holds a lock on the data set's directory: a second
+  preparer (another run sharing the cache) waits, and its builder, made
+  before the data existed, then reads the prepared splits from disk instead
+  of failing tfds's final rename or finding no splits."""
+  import fcntl  # noqa: PLC0415
+  import threading  # noqa: PLC0415
+  from pathlib import Path  # noqa: PLC0415
+
+  from lmjax.data import fetch  # noqa: PLC0415
+  data = DataConfig(dataset="text_dir", text_dir=str(corpus_dir), doc_split="blank_line", cache_dir=str(tmp_path))
+  first, second = builders.builder_for(data), builders.builder_for(data)  # both made before anything is prepared
+  assert not second.info.splits
+  version_dir = Path(first.data_dir)
+  version_dir.parent.mkdir(parents=True)
+  done = threading.Event()
+  with open(version_dir.with_name(f".{version_dir.name}.lock"), "a") as held:  # another process preparing
+    fcntl.flock(held, fcntl.LOCK_EX)
+    waiting = threading.Thread(target=lambda: (fetch.prepare(second, "text_dir"), done.set()))
+    waiting.start()
+    assert not done.wait(1.0) and not version_dir.exists()  # it waits for the lock
+    first.download_and_prepare()  # what the other process does before it lets go
+    fcntl.flock(held, fcntl.LOCK_UN)
+  waiting.join(30)
+  assert done.is_set()
+  assert set(second.info.splits) == {"train", "validation"}
+  ids = lambda b: sorted(x["id"] for x in b.as_data_source(split="validation"))  # noqa: E731
+  assert ids(second) == ids(first) and ids(first)

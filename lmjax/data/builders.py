@@ -386,7 +386,7 @@ def load_corpus(data_cfg) -> tuple[str, dict]:
   else:
     if not Path(builder.data_dir).joinpath("dataset_info.json").exists():
       log(f"preparing corpus {builder.name} in {builder.data_dir}")
-    builder.download_and_prepare()
+    fetch.prepare(builder, builder.name)
   sources = {}
   for split, spec, what in (("train", data_cfg.corpus_train_split, "data.corpus_train_split"),
                             ("validation", data_cfg.corpus_eval_split, "data.corpus_eval_split")):

@@ -15,6 +15,7 @@ exact name, as regular files only (`read_member`).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import shutil
@@ -274,13 +275,28 @@ def local_info(info):
 
 
 def prepare(builder, name: str, hint: str = "") -> None:
-  """builder.download_and_prepare(), with any failure from inside tfds (not an
-  LmjaxError) as one LmjaxError naming the data set, where, and `hint`."""
-  try:
-    builder.download_and_prepare()
-  except LmjaxError:
-    raise
-  except Exception as e:  # noqa: BLE001  (tfds and the builders raise many kinds)
-    first = str(e).splitlines()[0] if str(e).strip() else ""
-    raise LmjaxError(f"Could not prepare data set {name!r} in {builder.data_dir}: {type(e).__name__}: {first}"
-                     + (f". {hint}" if hint else "")) from None
+  """builder.download_and_prepare() under an exclusive lock on the data set's
+  version directory, with any failure from inside tfds (not an LmjaxError)
+  as one LmjaxError naming the data set, where, and `hint`.
+
+  The lock makes two processes that share a cache (two runs started
+  together, test workers) prepare a data set once: tfds writes into an
+  `incomplete.*` directory and renames it at the end, and the second writer's
+  rename fails when the first one got there before it. Under the lock the
+  second finds the data prepared, and a builder made before that reads the
+  prepared description (its splits) from disk."""
+  version_dir = Path(builder.data_dir)
+  version_dir.parent.mkdir(parents=True, exist_ok=True)
+  with open(version_dir.with_name(f".{version_dir.name}.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if (version_dir / "dataset_info.json").exists() and not builder.info.splits:
+      builder.info.read_from_directory(builder.data_dir)  # prepared by another process meanwhile
+      return
+    try:
+      builder.download_and_prepare()
+    except LmjaxError:
+      raise
+    except Exception as e:  # noqa: BLE001  (tfds and the builders raise many kinds)
+      first = str(e).splitlines()[0] if str(e).strip() else ""
+      raise LmjaxError(f"Could not prepare data set {name!r} in {builder.data_dir}: {type(e).__name__}: {first}"
+                       + (f". {hint}" if hint else "")) from None

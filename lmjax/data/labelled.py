@@ -354,5 +354,5 @@ def load(name: str, cache_dir: str = "") -> dict:
   builders = {"sentence_polarity": SentencePolarity, "chinese_review_sentiment": ChineseReviewSentiment}
   cache = fetch.cache_root(cache_dir)
   builder = builders[name](cache=cache, data_dir=str(cache / "tfds"), file_format="array_record")
-  builder.download_and_prepare()
+  fetch.prepare(builder, name)
   return builder.as_data_source()

@@ -261,7 +261,7 @@ def load_tagged(data_cfg) -> Tagged:
                      "peoples_daily_1998 or tagged_files (with data.train_file).")
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
-  builder.download_and_prepare()
+  fetch.prepare(builder, name)
   names = tuple(builder.info.features["tags"].feature.names)
   if data_cfg.labels and tuple(data_cfg.labels) != names:
     raise LmjaxError(f"data.labels={list(data_cfg.labels)} but {name!r} has the labels {list(names)}.")
