@@ -71,6 +71,12 @@ def _mix32(x: Array) -> Array:
   return x ^ (x >> 16)
 
 
+def key_words(rng: Array) -> Array:
+  """A PRNG key (typed or raw) as its uint32 words: what `keep_mask` hashes."""
+  words = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+  return words.reshape(-1).astype(jnp.uint32)
+
+
 def keep_mask(rng: Array, rate: float, shape: tuple[int, ...]) -> Array:
   """Which elements of an array of `shape` dropout keeps: True with probability
   1 - rate, independently per element and per key.
@@ -87,8 +93,7 @@ def keep_mask(rng: Array, rate: float, shape: tuple[int, ...]) -> Array:
   (docs/performance.md, "Dropout bits").
   Positions are global indices (`iota`), so the mask is the same on any mesh
   and a run resumed on another mesh keeps its masks."""
-  words = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-  words = words.reshape(-1).astype(jnp.uint32)
+  words = key_words(rng)
   out_shape = tuple(shape)
   shape = out_shape or (1,)
   row = jnp.zeros(shape, jnp.uint32)
@@ -505,10 +510,8 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, bias: Array | None, *, c
     bias = causal_bias(t, s) if bias is None else bias + causal_bias(t, s)
   if bias is None:
     bias = jnp.zeros((1, 1, 1, 1), jnp.float32)
-  words = None
-  if dropping:
-    words = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-    words = words.reshape(-1).astype(jnp.uint32)
+  # the key as uint32 words: an ordinary array argument of the custom_vjp (no cotangent)
+  words = key_words(rng) if dropping else None
   rate = float(dropout_rate) if dropping else 0.0
   if cpu_vjp is None:
     cpu_vjp = jax.default_backend() == "cpu"
@@ -534,14 +537,8 @@ def _attention_probs(q, k, bias):
   return jax.nn.softmax(logits + bias, axis=-1)  # float32
 
 
-def _attention_drop(p, rate, words):
-  return p if words is None else jnp.where(keep_mask(words, rate, p.shape), p / (1.0 - rate), 0)
-
-
 def _softmax_attention_fwd_only(q, k, v, bias, rate, words):
-  qs, ks, ps, _ = _specs(q)
-  probs = _attention_drop(_attention_probs(q, k, bias).astype(q.dtype), rate, words)
-  return jnp.einsum(f"{ps},{ks}->{qs}", probs, v)
+  return _softmax_attention_fwd(q, k, v, bias, rate, words)[0]  # the residuals are dead code to XLA
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -563,7 +560,7 @@ def _softmax_attention(q, k, v, bias, rate, words):
 def _softmax_attention_fwd(q, k, v, bias, rate, words):
   qs, ks, ps, _ = _specs(q)
   p = _attention_probs(q, k, bias)
-  out = jnp.einsum(f"{ps},{ks}->{qs}", _attention_drop(p.astype(q.dtype), rate, words), v)
+  out = jnp.einsum(f"{ps},{ks}->{qs}", dropout(p.astype(q.dtype), rate, words), v)
   return out, (q, k, v, bias, p, words)
 
 
@@ -571,8 +568,8 @@ def _softmax_attention_bwd(rate, res, d_out):
   q, k, v, bias, p, words = res
   qs, ks, ps, kts = _specs(q)
   to_bskh = (0, 3, 1, 2)  # [B, K, H, S] -> [B, S, K, H]
-  dv = jnp.einsum(f"{qs},{ps}->{kts}", d_out, _attention_drop(p.astype(q.dtype), rate, words)).transpose(to_bskh)
-  dp = _attention_drop(jnp.einsum(f"{qs},{ks}->{ps}", d_out, v, preferred_element_type=jnp.float32), rate, words)
+  dv = jnp.einsum(f"{qs},{ps}->{kts}", d_out, dropout(p.astype(q.dtype), rate, words)).transpose(to_bskh)
+  dp = dropout(jnp.einsum(f"{qs},{ks}->{ps}", d_out, v, preferred_element_type=jnp.float32), rate, words)
   ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))).astype(q.dtype)  # softmax backward
   dq = jnp.einsum(f"{ps},{ks}->{qs}", ds, k)
   dk = jnp.einsum(f"{qs},{ps}->{kts}", q, ds).transpose(to_bskh)
